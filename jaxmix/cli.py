@@ -1,0 +1,41 @@
+"""The ``jaxmix`` command: ``jaxmix {show,train,eval} ...``.
+
+Each subcommand lives in its own module with its own argument parser; this file
+only dispatches, so ``jaxmix show`` never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+_COMMANDS = {
+  "show": ("jaxmix.gallery", "write a PNG grid of every op applied to real images"),
+  "train": ("jaxmix.train", "train a classifier with a mixing method (PatchUp main.py flags)"),
+  "eval": ("jaxmix.evaluate", "evaluate a checkpoint: clean, FGSM, deformed, corruptions, calibration"),
+}
+
+
+def _usage() -> str:
+  lines = ["usage: jaxmix <command> [options]", "", "commands:"]
+  lines += [f"  {name:<6} {help_}" for name, (_, help_) in _COMMANDS.items()]
+  lines += ["", "Run 'jaxmix <command> --help' for the options of a command."]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  """Entry point of the ``jaxmix`` console script."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(_usage())
+    return 0
+  name, rest = argv[0], argv[1:]
+  if name not in _COMMANDS:
+    print(f"jaxmix: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+    return 2
+  module = importlib.import_module(_COMMANDS[name][0])
+  return int(module.cli_main(rest) or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

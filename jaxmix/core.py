@@ -1,0 +1,195 @@
+"""The result type, label helpers and the eager validation shared by every op."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class MixResult(NamedTuple):
+  """What every mixing op returns (a pytree).
+
+  Attributes:
+    images: ``[B, H, W, C]`` mixed batch (features, for hidden-space ops), in the
+      dtype of the input.
+    labels: ``[B, K]`` float32 soft targets the loss must use.
+    lam: ``[B]`` float32 weight of each sample's own (un-permuted) label.
+    perm: ``[B]`` int32 partner index of each sample (identity when nothing mixed).
+    mask: optional op-specific mask (box ops: ``[B, H, W]`` float32, 1 where the
+      pixel is the sample's own; PatchUp: the changed-feature mask; Puzzle Mix:
+      the ``[B, n, n]`` label mask).
+    loss_scale: optional float32 scalar the train step multiplies the loss by
+      (PatchUp's collapsed three-term loss, see ``jaxmix.patchup``). ``None``
+      means 1.
+    transport: optional Puzzle Mix transport plans.
+    objective: optional Puzzle Mix energy ``[B]`` of the returned mask.
+  """
+
+  images: Array
+  labels: Array
+  lam: Array
+  perm: Array
+  mask: Optional[Array] = None
+  loss_scale: Optional[Array] = None
+  transport: Any = None
+  objective: Optional[Array] = None
+
+
+def one_hot(labels: Array, num_classes: int, smoothing: float = 0.0) -> Array:
+  """Integer labels ``[B]`` -> float32 soft targets ``[B, K]``.
+
+  Uses timm's convention: ``smoothing / K`` off target and
+  ``1 - smoothing + smoothing / K`` on target.
+
+  Args:
+    labels: ``[B]`` integer class indices.
+    num_classes: K, the number of classes.
+    smoothing: label smoothing in ``[0, 1]``.
+
+  Returns:
+    ``[B, K]`` float32 targets whose rows sum to 1.
+
+  Raises:
+    ValueError: if ``num_classes < 1``, ``smoothing`` is outside ``[0, 1]`` or
+      ``labels`` is not 1-D.
+  """
+  if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+  check_prob("smoothing", smoothing)
+  if jnp.ndim(labels) != 1:
+    raise ValueError(f"labels must be 1-D integer class indices [B], got shape {jnp.shape(labels)}.")
+  off = smoothing / num_classes
+  on = 1.0 - smoothing + off
+  hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return hot * (on - off) + off
+
+
+# ----------------------------------------------------------------------------
+# Eager validation (Python, before tracing). Values of traced arrays are never
+# checked; only static facts are.
+
+
+def _is_static_number(x) -> bool:
+  return isinstance(x, numbers.Real) or (isinstance(x, np.ndarray) and x.ndim == 0)
+
+
+def check_nonneg(name: str, value) -> None:
+  """Raises ValueError unless ``value`` is a number >= 0."""
+  if not _is_static_number(value) or not np.isfinite(value) or value < 0:
+    raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+
+def check_prob(name: str, value) -> None:
+  """Raises ValueError unless ``value`` is a probability in [0, 1]."""
+  if not _is_static_number(value) or not 0.0 <= float(value) <= 1.0:
+    raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
+
+
+def check_images(images, name: str = "images") -> tuple[int, int, int, int]:
+  """Checks a ``[B, H, W, C]`` batch; returns its static shape."""
+  shape = jnp.shape(images)
+  if len(shape) != 4:
+    raise ValueError(f"{name} must be a 4-D batch [B, H, W, C], got shape {tuple(shape)}.")
+  if min(shape) < 1:
+    raise ValueError(f"{name} must have non-empty dimensions, got shape {tuple(shape)}.")
+  if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
+    raise ValueError(
+      f"{name} must be floating point (float32 or bfloat16), got {jnp.result_type(images)}; convert integer pixels in the input pipeline."
+    )
+  return tuple(int(s) for s in shape)
+
+
+def check_labels(labels, batch: int) -> int:
+  """Checks ``[B, K]`` soft labels against the batch size; returns K."""
+  shape = jnp.shape(labels)
+  if len(shape) != 2:
+    raise ValueError(f"labels must be soft targets [B, K] (use jaxmix.one_hot for integer labels), got shape {tuple(shape)}.")
+  if shape[0] != batch:
+    raise ValueError(f"labels batch size {shape[0]} differs from the images' batch size {batch}.")
+  return int(shape[1])
+
+
+def check_lam_perm(lam, perm, batch: int) -> None:
+  """Checks the shapes of the ``lam`` / ``perm`` overrides (values may be traced)."""
+  if lam is not None:
+    shape = jnp.shape(lam)
+    if shape not in ((), (batch,)):
+      raise ValueError(f"lam must be a scalar or have shape ({batch},), got shape {shape}.")
+    if _is_static_number(lam) and not 0.0 <= float(lam) <= 1.0:
+      raise ValueError(f"lam must lie in [0, 1], got {lam!r}.")
+  if perm is not None:
+    shape = jnp.shape(perm)
+    if shape != (batch,):
+      raise ValueError(f"perm must have shape ({batch},), got shape {shape}.")
+    if not jnp.issubdtype(jnp.result_type(perm), jnp.integer):
+      raise ValueError(f"perm must be an integer array, got dtype {jnp.result_type(perm)}.")
+
+
+# ----------------------------------------------------------------------------
+# Sampling helpers shared by the pair-mixing ops.
+
+
+def sample_perm(key, batch: int, pairing: str = "permutation") -> Array:
+  """The partner index of each sample.
+
+  Args:
+    key: PRNG key.
+    batch: B.
+    pairing: ``"permutation"`` (one uniformly random permutation per batch, as the
+      official code; fixed points allowed) or ``"roll"`` (partner ``b - 1`` mod B,
+      the cheap flip/roll pairing of timm and big_vision; no randomness).
+
+  Returns:
+    ``[B]`` int32 partner indices.
+  """
+  if pairing == "permutation":
+    return jax.random.permutation(key, batch).astype(jnp.int32)
+  if pairing == "roll":
+    return jnp.roll(jnp.arange(batch, dtype=jnp.int32), 1)
+  raise ValueError(f"pairing must be 'permutation' or 'roll', got {pairing!r}.")
+
+
+def sample_beta(key, alpha: float, shape=()) -> Array:
+  """lam ~ Beta(alpha, alpha) in float32; ``alpha == 0`` gives lam = 1 (no mixing)."""
+  if alpha == 0:
+    return jnp.ones(shape, jnp.float32)
+  return jax.random.beta(key, alpha, alpha, shape, dtype=jnp.float32)
+
+
+def resolve_lam_perm(key, batch: int, *, alpha, per_sample: bool, lam, perm, pairing="permutation"):
+  """Samples (or takes the overrides of) lam and perm.
+
+  Returns:
+    ``(lam, perm)`` with lam float32 of shape ``[B]`` if per-sample (or a ``[B]``
+    override), else ``[]``; perm int32 ``[B]``.
+  """
+  key_lam, key_perm = jax.random.split(key)
+  if lam is None:
+    lam = sample_beta(key_lam, alpha, (batch,) if per_sample else ())
+  lam = jnp.asarray(lam, jnp.float32)
+  perm = sample_perm(key_perm, batch, pairing) if perm is None else jnp.asarray(perm, jnp.int32)
+  return lam, perm
+
+
+def mix_labels(labels: Array, perm: Array, lam: Array) -> Array:
+  """``lam * y + (1 - lam) * y[perm]`` with ``lam`` of shape ``[B]``, in float32."""
+  labels = jnp.asarray(labels, jnp.float32)
+  lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), labels.shape[:1])[:, None]
+  return lam * labels + (1.0 - lam) * labels[perm]
+
+
+def identity_result(images: Array, labels: Array) -> MixResult:
+  """A MixResult that changes nothing (lam = 1, perm = identity)."""
+  batch = images.shape[0]
+  return MixResult(
+    images=images,
+    labels=jnp.asarray(labels, jnp.float32),
+    lam=jnp.ones((batch,), jnp.float32),
+    perm=jnp.arange(batch, dtype=jnp.int32),
+  )

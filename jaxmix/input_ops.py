@@ -1,0 +1,351 @@
+"""Input-space mixing ops: Mixup, CutMix, Cutout, Patch Augmentation.
+
+Every op is ``op(key, images, labels, *, hparams) -> MixResult``, pure, jit/vmap
+clean, with static shapes: boxes are masks built from ``iota`` comparisons.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxmix import core
+from jaxmix.core import Array, MixResult
+
+
+def _skip_unless(key, prob: float, mixed: MixResult, images: Array, labels: Array) -> MixResult:
+  """Keeps ``mixed`` with probability ``prob`` (one draw per batch), else the identity.
+
+  Follows the official test ``r < prob`` (CutMix, PatchUp); ``prob = 1`` always mixes
+  and is resolved in Python, so it costs nothing.
+  """
+  if prob >= 1.0:
+    return mixed
+  apply = jax.random.uniform(key) < prob
+  same = core.identity_result(images, labels)
+  if mixed.mask is not None:
+    same = same._replace(mask=jnp.ones_like(mixed.mask))
+  return jax.tree.map(lambda a, b: jnp.where(apply, a, b), mixed, same)
+
+
+def _box_mask(height: int, width: int, y1, y2, x1, x2) -> Array:
+  """``[..., H, W]`` bool mask, True inside ``[y1, y2) x [x1, x2)``; bounds broadcast."""
+  rows = jnp.arange(height, dtype=jnp.int32)[:, None]
+  cols = jnp.arange(width, dtype=jnp.int32)[None, :]
+  e = lambda v: jnp.asarray(v)[..., None, None]  # noqa: E731
+  return (rows >= e(y1)) & (rows < e(y2)) & (cols >= e(x1)) & (cols < e(x2))
+
+
+def _check_pair_op(images, labels, lam, perm) -> tuple[int, int, int, int]:
+  shape = core.check_images(images)
+  core.check_labels(labels, shape[0])
+  core.check_lam_perm(lam, perm, shape[0])
+  return shape
+
+
+def mixup(
+  key,
+  images: Array,
+  labels: Array,
+  *,
+  alpha: float = 1.0,
+  per_sample: bool = False,
+  lam=None,
+  perm=None,
+  prob: float = 1.0,
+  pairing: str = "permutation",
+) -> MixResult:
+  """Input Mixup (Zhang et al., 2018, "mixup: Beyond Empirical Risk Minimization").
+
+  ``x~ = lam x + (1 - lam) x[perm]`` and ``y~ = lam y + (1 - lam) y[perm]`` with
+  ``lam ~ Beta(alpha, alpha)`` once per batch (the official default) or per sample.
+
+  Args:
+    key: PRNG key.
+    images: ``[B, H, W, C]`` float images (normalised or not: mixing is linear).
+    labels: ``[B, K]`` soft targets.
+    alpha: Beta concentration; ``0`` disables mixing (lam = 1).
+    per_sample: draw one lam per sample instead of one per batch.
+    lam: optional scalar or ``[B]`` override of the sampled lam.
+    perm: optional ``[B]`` int override of the partner permutation.
+    prob: probability of mixing this batch (one draw per batch).
+    pairing: ``"permutation"`` (official) or ``"roll"`` (partner ``b - 1``).
+
+  Returns:
+    A ``MixResult``; ``lam`` is ``[B]``.
+
+  Raises:
+    ValueError: on a non-4-D or integer image batch, labels of another batch
+      size, ``alpha < 0``, ``prob`` outside ``[0, 1]`` or badly shaped overrides.
+
+  Example:
+    >>> res = jaxmix.mixup(jax.random.key(0), x, jaxmix.one_hot(y, 10))
+  """
+  batch = _check_pair_op(images, labels, lam, perm)[0]
+  core.check_nonneg("alpha", alpha)
+  core.check_prob("prob", prob)
+  key_mix, key_apply = jax.random.split(key)
+  lam, perm = core.resolve_lam_perm(key_mix, batch, alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
+  lam_b = jnp.broadcast_to(lam, (batch,))
+  w = lam_b[:, None, None, None]
+  mixed = (w * images.astype(jnp.float32) + (1.0 - w) * images[perm].astype(jnp.float32)).astype(images.dtype)
+  result = MixResult(mixed, core.mix_labels(labels, perm, lam_b), lam_b, perm)
+  return _skip_unless(key_apply, prob, result, images, labels)
+
+
+def cutmix_box(key, lam: Array, height: int, width: int) -> tuple[Array, Array, Array, Array]:
+  """The clovaai CutMix box for a given lam (scalar or ``[B]``).
+
+  ``cut = floor(side * sqrt(1 - lam))``, an integer centre uniform over the image and
+  ``[c - cut // 2, c + cut // 2)`` clipped to the image (so the unclipped box side
+  is ``2 * (cut // 2)``, the official quirk).
+
+  Returns:
+    ``(y1, y2, x1, x2)`` int32 arrays shaped like ``lam``.
+  """
+  key_y, key_x = jax.random.split(key)
+  rho = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
+  half_h = jnp.floor(height * rho).astype(jnp.int32) // 2
+  half_w = jnp.floor(width * rho).astype(jnp.int32) // 2
+  cy = jax.random.randint(key_y, jnp.shape(lam), 0, height, dtype=jnp.int32)
+  cx = jax.random.randint(key_x, jnp.shape(lam), 0, width, dtype=jnp.int32)
+  return (
+    jnp.clip(cy - half_h, 0, height),
+    jnp.clip(cy + half_h, 0, height),
+    jnp.clip(cx - half_w, 0, width),
+    jnp.clip(cx + half_w, 0, width),
+  )
+
+
+def cutmix(
+  key,
+  images: Array,
+  labels: Array,
+  *,
+  alpha: float = 1.0,
+  per_sample: bool = False,
+  lam=None,
+  perm=None,
+  prob: float = 1.0,
+  pairing: str = "permutation",
+) -> MixResult:
+  """CutMix (Yun et al., ICCV 2019) with the official clovaai box rule.
+
+  ``lam ~ Beta(alpha, alpha)``; the box side is ``floor(side * sqrt(1 - lam))``
+  rounded down to even, centred at an integer position uniform over the image and
+  clipped at the border; the partner's pixels are pasted into the box and ``lam`` is
+  re-computed from the clipped area: ``lam' = 1 - box_area / (H * W)``, exactly the
+  fraction of pixels kept from the sample's own image. One box per batch (official)
+  or, with ``per_sample=True``, one per sample. Non-square images use ``H`` for
+  the box height and ``W`` for its width.
+
+  Args:
+    key: PRNG key.
+    images: ``[B, H, W, C]`` float images.
+    labels: ``[B, K]`` soft targets.
+    alpha: Beta concentration (clovaai ``--beta``); ``0`` disables mixing.
+    per_sample: one lam and box per sample instead of per batch.
+    lam: optional scalar or ``[B]`` nominal lam override (the box is derived from it
+      and lam re-computed from the clipped area). A ``[B]`` override gives per-sample
+      boxes.
+    perm: optional ``[B]`` int partner override.
+    prob: probability of mixing this batch (clovaai / PatchUp ``--cutmix_prob``; the
+      papers' CIFAR default is 0.5, the function's default 1.0 always mixes).
+    pairing: ``"permutation"`` (official) or ``"roll"``.
+
+  Returns:
+    A ``MixResult`` with ``lam`` the exact kept-area fraction and ``mask``
+    ``[B, H, W]`` float32, 1 where the pixel is the sample's own.
+
+  Raises:
+    ValueError: as ``mixup``.
+
+  Example:
+    >>> res = jaxmix.cutmix(key, x, y, alpha=1.0, prob=0.5)
+  """
+  batch, height, width, _ = _check_pair_op(images, labels, lam, perm)
+  core.check_nonneg("alpha", alpha)
+  core.check_prob("prob", prob)
+  key_mix, key_box, key_apply = jax.random.split(key, 3)
+  lam, perm = core.resolve_lam_perm(key_mix, batch, alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
+  y1, y2, x1, x2 = cutmix_box(key_box, lam, height, width)
+  lam_adj = 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (height * width)
+  lam_adj = jnp.broadcast_to(lam_adj, (batch,))
+  inside = jnp.broadcast_to(_box_mask(height, width, y1, y2, x1, x2), (batch, height, width))
+  mixed = jnp.where(inside[..., None], images[perm], images)
+  own = (~inside).astype(jnp.float32)
+  result = MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=own)
+  return _skip_unless(key_apply, prob, result, images, labels)
+
+
+def cutout(
+  key,
+  images: Array,
+  labels: Array,
+  *,
+  size: int = 16,
+  n_holes: int = 1,
+  shared: bool = False,
+  prob: float = 1.0,
+) -> MixResult:
+  """Cutout (DeVries & Taylor, 2017): zero a square hole, labels unchanged.
+
+  Official rule (default): per image and per hole, an integer centre uniform over
+  the image and the hole ``[c - size // 2, c + size // 2)`` clipped to the image (an
+  odd ``size`` gives a ``size - 1`` hole, as the official code). Apply it after
+  normalisation, so zeros mean the dataset mean colour.
+
+  ``shared=True`` reproduces the PatchUp / Manifold Mixup batch copy: one hole for
+  the whole batch, with their float rule ``[c - ceil(size / 2), c + floor(size / 2))``
+  (exactly ``size`` wide inside the image).
+
+  Args:
+    key: PRNG key.
+    images: ``[B, H, W, C]`` float images.
+    labels: ``[B, K]`` soft targets (returned unchanged).
+    size: hole side L in pixels, ``0 <= size <= max(H, W)``; 0 is the identity.
+    n_holes: holes per image (official ``--n_holes``, default 1).
+    shared: one hole for the whole batch (PatchUp copy) instead of one per image.
+    prob: probability of applying it to this batch.
+
+  Returns:
+    A ``MixResult`` with ``lam = 1``, identity ``perm`` and ``mask`` ``[B, H, W]``
+    float32, 0 inside the hole.
+
+  Raises:
+    ValueError: on a bad batch, ``size`` out of range or ``n_holes < 1``.
+
+  Example:
+    >>> res = jaxmix.cutout(key, x, y, size=16)
+  """
+  batch, height, width, _ = core.check_images(images)
+  core.check_labels(labels, batch)
+  core.check_prob("prob", prob)
+  if not isinstance(size, int) or not 0 <= size <= max(height, width):
+    raise ValueError(f"size must be an int in [0, {max(height, width)}] (the image side), got {size!r}.")
+  if not isinstance(n_holes, int) or n_holes < 1:
+    raise ValueError(f"n_holes must be an int >= 1, got {n_holes!r}.")
+  key_holes, key_apply = jax.random.split(key)
+  shape = (n_holes,) if shared else (n_holes, batch)
+  key_y, key_x = jax.random.split(key_holes)
+  cy = jax.random.randint(key_y, shape, 0, height, dtype=jnp.int32)
+  cx = jax.random.randint(key_x, shape, 0, width, dtype=jnp.int32)
+  lo, hi = ((size + 1) // 2, size // 2) if shared else (size // 2, size // 2)
+  holes = _box_mask(
+    height, width, jnp.clip(cy - lo, 0, height), jnp.clip(cy + hi, 0, height), jnp.clip(cx - lo, 0, width), jnp.clip(cx + hi, 0, width)
+  )
+  hole = jnp.broadcast_to(jnp.any(holes, axis=0), (batch, height, width))
+  out = jnp.where(hole[..., None], jnp.zeros((), images.dtype), images)
+  result = core.identity_result(out, labels)._replace(mask=(~hole).astype(jnp.float32))
+  return _skip_unless(key_apply, prob, result, images, labels)
+
+
+def _round_half_even(x: float) -> int:
+  return int(round(x))  # Python's round is banker's rounding, as the official code.
+
+
+def patch_augment(
+  key,
+  images: Array,
+  labels: Array,
+  *,
+  prob: float = 1.0,
+  min_dim: float = 0.1,
+  max_dim: float = 0.9,
+  lam=None,
+  perm=None,
+  pairing: str = "permutation",
+) -> MixResult:
+  """Patch Augmentation (Bloice et al., 2021), the current ``PatchAugmentation.py``.
+
+  Per sample: with probability ``prob`` (``u <= prob``) paste a ``ph x pw`` patch of
+  the partner, taken at a random source location, at an independent random
+  destination. ``ph, pw ~ U{round(min_dim D) .. round(max_dim D)}`` with
+  ``D = round(sqrt(H W))``; top-left corners ``~ U{0 .. side - patch - 1}`` (the
+  official exclusive ``randint``: the last row / column is never touched). The
+  partner's label weight is the patch area fraction ``ph pw / (H W)``.
+
+  Deviation: the official partner is drawn from the whole training set; inside a
+  jitted step the partner is the batch's random permutation (``pairing``).
+
+  Args:
+    key: PRNG key.
+    images: ``[B, H, W, C]`` float images.
+    labels: ``[B, K]`` soft targets.
+    prob: per-sample probability of augmenting (class default 1.0; CIFAR-100
+      notebook 0.9).
+    min_dim: smallest patch side as a fraction of D (class default 0.1).
+    max_dim: largest patch side as a fraction of D (class default 0.9); the largest
+      side must be smaller than the image side.
+    lam: optional scalar or ``[B]`` override: a square patch of side
+      ``round(D sqrt(1 - lam))`` is pasted instead of a sampled size, and ``lam`` is
+      re-derived from its area.
+    perm: optional ``[B]`` int partner override.
+    pairing: ``"permutation"`` or ``"roll"``.
+
+  Returns:
+    A ``MixResult``; ``lam`` = 1 - patch area fraction where augmented, 1 (and the
+    identity partner) elsewhere; ``mask`` ``[B, H, W]``, 0 where pasted.
+
+  Raises:
+    ValueError: on a bad batch, a probability outside [0, 1], or patch bounds with
+      ``0 < min_dim <= max_dim`` violated or larger than the image.
+
+  Example:
+    >>> res = jaxmix.patch_augment(key, x, y, prob=0.9, min_dim=0.3, max_dim=0.8)
+  """
+  batch, height, width, _ = _check_pair_op(images, labels, lam, perm)
+  core.check_prob("prob", prob)
+  side = _round_half_even((height * width) ** 0.5)
+  w_min, w_max = _round_half_even(min_dim * side), _round_half_even(max_dim * side)
+  if not 0.0 < min_dim <= max_dim:
+    raise ValueError(f"min_dim and max_dim must satisfy 0 < min_dim <= max_dim, got {min_dim!r}, {max_dim!r}.")
+  if w_min < 1 or w_max >= min(height, width):
+    raise ValueError(
+      f"patch sides [{w_min}, {w_max}] from min_dim={min_dim!r}, max_dim={max_dim!r} must lie in "
+      f"[1, {min(height, width) - 1}] for {height}x{width} images."
+    )
+  key_perm, key_size, key_src, key_dst, key_apply = jax.random.split(key, 5)
+  perm = core.sample_perm(key_perm, batch, pairing) if perm is None else jnp.asarray(perm, jnp.int32)
+  if lam is None:
+    ph, pw = jax.random.randint(key_size, (2, batch), w_min, w_max + 1, dtype=jnp.int32)
+  else:
+    sq = jnp.round(side * jnp.sqrt(1.0 - jnp.asarray(lam, jnp.float32)))
+    sq = jnp.broadcast_to(jnp.clip(sq, 0, min(height, width) - 1).astype(jnp.int32), (batch,))
+    ph, pw = sq, sq
+  unit = jax.random.uniform(key_src, (2, batch))
+  s0 = jnp.floor(unit[0] * (height - ph)).astype(jnp.int32)
+  s1 = jnp.floor(unit[1] * (width - pw)).astype(jnp.int32)
+  unit = jax.random.uniform(key_dst, (2, batch))
+  d0 = jnp.floor(unit[0] * (height - ph)).astype(jnp.int32)
+  d1 = jnp.floor(unit[1] * (width - pw)).astype(jnp.int32)
+  apply = jax.random.uniform(key_apply, (batch,)) <= prob
+  ph, pw = jnp.where(apply, ph, 0), jnp.where(apply, pw, 0)
+  inside = _box_mask(height, width, d0, d0 + ph, d1, d1 + pw)
+  rows = jnp.clip(jnp.arange(height)[None, :] - d0[:, None] + s0[:, None], 0, height - 1)
+  cols = jnp.clip(jnp.arange(width)[None, :] - d1[:, None] + s1[:, None], 0, width - 1)
+  shifted = jax.vmap(lambda img, r, c: img[r][:, c])(images[perm], rows, cols)
+  mixed = jnp.where(inside[..., None], shifted, images)
+  lam_adj = 1.0 - (ph * pw).astype(jnp.float32) / (height * width)
+  perm = jnp.where(apply, perm, jnp.arange(batch, dtype=jnp.int32))
+  return MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=(~inside).astype(jnp.float32))
+
+
+def vanilla(key, images: Array, labels: Array) -> MixResult:
+  """No mixing: returns the batch unchanged (lam = 1, identity partner).
+
+  The registry's ``vanilla`` entry, so a train step treats the baseline like any
+  other method.
+
+  Args:
+    key: PRNG key (unused; kept for the common signature).
+    images: ``[B, H, W, C]`` float images.
+    labels: ``[B, K]`` soft targets.
+
+  Returns:
+    ``MixResult(images, labels, ones, arange)``.
+  """
+  del key
+  batch = core.check_images(images)[0]
+  core.check_labels(labels, batch)
+  return core.identity_result(images, labels)

@@ -1,0 +1,65 @@
+"""The method registry: command-line name -> op, where it acts, seed defaults."""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Callable, Mapping, NamedTuple
+
+from jaxmix import input_ops
+
+SITES = ("input", "hidden", "saliency", "label_preserving")
+
+
+class Method(NamedTuple):
+  """A registered mixing method.
+
+  Attributes:
+    name: the command-line name (``--train NAME``).
+    op: the pure op, ``op(key, images_or_features, labels, **defaults)``.
+    site: where it acts: ``"input"`` (on the input batch), ``"hidden"`` (inside the
+      model through its mixing hook), ``"saliency"`` (needs input gradients first)
+      or ``"label_preserving"`` (changes images only).
+    defaults: the seed recipes' hyper-parameters for training (may differ from the
+      op's own keyword defaults, e.g. CutMix's ``prob=0.5``).
+    paper: the paper the method comes from.
+  """
+
+  name: str
+  op: Callable[..., Any]
+  site: str
+  defaults: Mapping[str, Any]
+  paper: str
+
+
+def _entries():
+  yield Method("vanilla", input_ops.vanilla, "input", {}, "no mixing (ERM baseline)")
+  yield Method("mixup", input_ops.mixup, "input", {"alpha": 1.0}, "Zhang et al., mixup, ICLR 2018")
+  yield Method("cutmix", input_ops.cutmix, "input", {"alpha": 1.0, "prob": 0.5}, "Yun et al., CutMix, ICCV 2019")
+  yield Method("cutout", input_ops.cutout, "label_preserving", {"size": 16}, "DeVries & Taylor, Cutout, 2017")
+  yield Method(
+    "patch_augment",
+    input_ops.patch_augment,
+    "input",
+    {"prob": 1.0, "min_dim": 0.1, "max_dim": 0.9},
+    "Bloice et al., Patch Augmentation, 2021",
+  )
+
+
+def _build() -> Mapping[str, Method]:
+  methods = {}
+  for method in _entries():
+    if method.site not in SITES:
+      raise ValueError(f"site of {method.name!r} must be one of {SITES}, got {method.site!r}.")
+    methods[method.name] = method._replace(defaults=types.MappingProxyType(dict(method.defaults)))
+  return types.MappingProxyType(methods)
+
+
+METHODS: Mapping[str, Method] = _build()
+
+
+def get_method(name: str) -> Method:
+  """Returns the registered method ``name``; ValueError listing the known names."""
+  try:
+    return METHODS[name]
+  except KeyError:
+    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}.") from None
