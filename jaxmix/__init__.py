@@ -1,8 +1,12 @@
 """jaxmix: mixing-based data augmentation for JAX / Flax, pure and jit/vmap clean."""
 
+from jaxmix import models
 from jaxmix.compose import maybe_apply, switch
 from jaxmix.core import MixResult, one_hot
+from jaxmix.hidden_ops import dropblock, dropblock_schedule, manifold_mixup, patchup
+from jaxmix.hook import hidden_mix
 from jaxmix.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
+from jaxmix.losses import bce_on_softmax, softmax_cross_entropy
 from jaxmix.registry import METHODS, Method, get_method
 
 __version__ = "0.1.0"
@@ -11,13 +15,21 @@ __all__ = (
   "METHODS",
   "Method",
   "MixResult",
+  "bce_on_softmax",
   "cutmix",
   "cutout",
+  "dropblock",
+  "dropblock_schedule",
   "get_method",
+  "hidden_mix",
+  "manifold_mixup",
   "maybe_apply",
   "mixup",
+  "models",
   "one_hot",
   "patch_augment",
+  "patchup",
+  "softmax_cross_entropy",
   "switch",
   "vanilla",
 )

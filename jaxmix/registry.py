@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from typing import Any, Callable, Mapping, NamedTuple
 
-from jaxmix import input_ops
+from jaxmix import hidden_ops, input_ops
 
 SITES = ("input", "hidden", "saliency", "label_preserving")
 
@@ -42,6 +42,21 @@ def _entries():
     "input",
     {"prob": 1.0, "min_dim": 0.1, "max_dim": 0.9},
     "Bloice et al., Patch Augmentation, 2021",
+  )
+  yield Method("manifold_mixup", hidden_ops.manifold_mixup, "hidden", {"alpha": 2.0}, "Verma et al., Manifold Mixup, ICML 2019")
+  yield Method(
+    "patchup",
+    hidden_ops.patchup,
+    "hidden",
+    {"mode": "soft", "block_size": 7, "gamma": None, "prob": None},
+    "Faramarzi et al., PatchUp, AAAI 2022",
+  )
+  yield Method(
+    "dropblock",
+    hidden_ops.dropblock,
+    "hidden",
+    {"block_size": 7, "keep_prob": 0.9, "drop_block_all": True},
+    "Ghiasi et al., DropBlock, NeurIPS 2018",
   )
 
 

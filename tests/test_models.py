@@ -1,0 +1,214 @@
+"""Models: parameter counts, the apply / mixing-hook contract, compile-once mixing."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmix
+from jaxmix import hook, models
+
+# ----------------------------------------------------------------------------
+# Parameter counts, by closed-form formulas of the reference PyTorch / Keras
+# architectures (independent of the Flax code) and by published figures.
+
+
+def _preact_block(cin, cout, stride):
+  n = 2 * cin + cin * cout * 9 + 2 * cout + cout * cout * 9
+  return n + (cin * cout if stride != 1 or cin != cout else 0)
+
+
+def _preact(blocks, k, widths=(64, 128, 256, 512)):
+  total, cin = 3 * widths[0] * 9, widths[0]
+  for stage, (n, w) in enumerate(zip(blocks, widths, strict=True)):
+    for j in range(n):
+      total += _preact_block(cin, w, (1 if stage == 0 else 2) if j == 0 else 1)
+      cin = w
+  return total + cin * k + k
+
+
+def _wrn_block(cin, cout, stride):
+  n = 2 * cin + cin * cout * 9 + cout + 2 * cout + cout * cout * 9 + cout
+  return n + (cin * cout + cout if stride != 1 or cin != cout else 0)
+
+
+def _wrn(depth, widen, k):
+  n = (depth - 4) // 6
+  total, cin = 3 * 16 * 9 + 16, 16
+  for w, s in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2), strict=True):
+    for j in range(n):
+      total += _wrn_block(cin, w, s if j == 0 else 1)
+      cin = w
+  return total + 2 * cin + cin * k + k
+
+
+@pytest.mark.parametrize(
+  "arch, k, published",
+  [
+    ("preactresnet18", 10, 11_171_146),  # kuangliu/pytorch-cifar README
+    ("preactresnet18", 100, None),
+    ("preactresnet34", 10, 21_279_306),  # kuangliu/pytorch-cifar README
+    ("wrn28_10", 10, 36_489_290),  # torchsummary of the PatchUp / MM Wide_ResNet (biased convs)
+    ("wrn28_10", 100, None),
+    ("resnet20v1", 10, 273_066),  # Keras summary, trainable params
+    ("resnet29v2", 10, 843_786),  # Keras summary, trainable params
+    ("preactresnet_small", 10, None),
+  ],
+)
+def test_param_counts(arch, k, published):
+  count = models.count_params(models.get_model(arch, k))
+  formula = {
+    "preactresnet18": lambda: _preact((2, 2, 2, 2), k),
+    "preactresnet34": lambda: _preact((3, 4, 6, 3), k),
+    "wrn28_10": lambda: _wrn(28, 10, k),
+    "preactresnet_small": lambda: _preact((1, 1, 1, 1), k, (16, 32, 64, 128)),
+  }.get(arch)
+  if formula is not None:
+    assert count == formula()
+  if published is not None:
+    assert count == published
+  if arch == "preactresnet_small":
+    assert 100_000 < count < 1_000_000
+
+
+def test_unknown_arch_lists_names():
+  with pytest.raises(ValueError, match="preactresnet18.*wrn28_10"):
+    models.get_model("resnet50", 10)
+  with pytest.raises(ValueError, match="num_classes"):
+    models.get_model("preactresnet18", 0)
+
+
+# ----------------------------------------------------------------------------
+# Sites: every model calls the hook at the contract's sites, in order.
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_sites_in_forward_order(arch):
+  seen = []
+
+  def record(site, h, carry):
+    seen.append((site, h.shape))
+    return h, carry + 1
+
+  model = models.get_model(arch, 10)
+  x = jnp.zeros((2, 32, 32, 3))
+
+  def run():
+    variables = model.init(jax.random.key(0), x, train=False)
+    seen.clear()
+    return model.apply(variables, x, train=True, mix=record, carry=jnp.int32(0), mutable=["batch_stats"])
+
+  (logits, carry), _ = jax.eval_shape(run)
+  assert logits.shape == (2, 10)
+  assert [s for s, _ in seen] == list(models.SITES)
+  assert seen[0][1] == (2, 32, 32, 3)
+  assert seen[3][1][1:3] == (16, 16)  # layer2 halves the map
+  assert carry.shape == ()
+
+
+# ----------------------------------------------------------------------------
+# A tiny model shared by the tests below (compiled once per function).
+
+MODEL = models.get_model("preactresnet_small", 10, widths=(8, 16, 16, 16))
+X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+Y_INT = jnp.array([0, 1, 2, 3])
+Y = jaxmix.one_hot(Y_INT, 10)
+VARS = MODEL.init(jax.random.key(2), X, train=False)
+
+
+def test_apply_contract():
+  assert set(VARS) == {"params", "batch_stats"}
+  logits = MODEL.apply(VARS, X, train=False)
+  assert logits.shape == (4, 10)
+  logits_t, updates = MODEL.apply(VARS, X, train=True, mutable=["batch_stats"])
+  assert logits_t.shape == (4, 10) and set(updates) == {"batch_stats"}
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), VARS["batch_stats"], updates["batch_stats"])
+  assert any(jax.tree.leaves(changed))
+
+
+def _make_step(method):
+  """A jitted (loss, grads, logits, carry) of one mixed training forward; traced once."""
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(variables, x, y, key, layer):
+    def loss_fn(params):
+      extra = {"block_size": 3} if method != "manifold_mixup" else {}
+      mix_fn, carry = hook.hidden_mix(key, y, method=method, layer=layer, **extra)
+      (logits, carry), _ = MODEL.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mix=mix_fn, carry=carry, mutable=["batch_stats"]
+      )
+      return carry.loss_scale * jaxmix.bce_on_softmax(logits, carry.labels), (logits, carry)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    return loss, grads, aux
+
+  return step
+
+
+@pytest.mark.parametrize("method", ["manifold_mixup", "patchup", "dropblock"])
+def test_hidden_mix_compiles_once_and_grads_finite(method):
+  # The layer is a traced argument: three sites, one trace (assert_max_traces).
+  layers = [0, 1, 2] if method != "dropblock" else [0, 1]
+  chex.clear_trace_counter()  # the counter is keyed by the code object, shared by methods
+  step = _make_step(method)
+  out = []
+  for layer in layers:
+    loss, grads, (logits, carry) = step(VARS, X, Y, jax.random.key(3), jnp.int32(layer))
+    assert np.isfinite(float(loss))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(jax.tree.leaves(grads)[0]).sum()) > 0
+    np.testing.assert_allclose(carry.labels.sum(1), 1.0, rtol=1e-6)
+    out.append(np.asarray(logits))
+  if method != "dropblock":  # different sites give different logits
+    assert not np.allclose(out[0], out[1]) and not np.allclose(out[1], out[2])
+
+
+def test_manifold_mixup_lam_one_is_unmixed():
+  # ALGORITHMS.md §2 check 1: lam = 1 at any site -> the unmixed logits (same BN mode).
+  plain, _ = MODEL.apply(VARS, X, train=True, mutable=["batch_stats"])
+  for layer in range(3):
+    mix_fn, carry = hook.hidden_mix(jax.random.key(4), Y, method="manifold_mixup", lam=1.0, layer=layer)
+    (logits, carry), _ = MODEL.apply(VARS, X, train=True, mix=mix_fn, carry=carry, mutable=["batch_stats"])
+    np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(carry.labels, Y)
+
+
+def test_manifold_mixup_layer0_is_input_mixup():
+  # ALGORITHMS.md §2 check 2: k forced to 0 == input mixup with the same lam, perm.
+  perm = jnp.array([2, 0, 3, 1])
+  mix_fn, carry = hook.hidden_mix(jax.random.key(5), Y, method="manifold_mixup", lam=0.3, perm=perm, layer=0)
+  (logits, carry), _ = MODEL.apply(VARS, X, train=True, mix=mix_fn, carry=carry, mutable=["batch_stats"])
+  ref = jaxmix.mixup(jax.random.key(6), X, Y, lam=0.3, perm=perm)
+  expected, _ = MODEL.apply(VARS, ref.images, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(carry.labels, ref.labels, rtol=1e-6)
+  # The target does not depend on the site.
+  mix_fn2, carry2 = hook.hidden_mix(jax.random.key(5), Y, method="manifold_mixup", lam=0.3, perm=perm, layer=2)
+  np.testing.assert_array_equal(carry2.labels, carry.labels)
+
+
+def test_manifold_mixup_layer_frequencies():
+  layers = jax.vmap(lambda k: hook._layer(k, 3, None))(jax.random.split(jax.random.key(7), 3000))
+  counts = np.bincount(np.asarray(layers), minlength=3)
+  # Each ~ Binomial(3000, 1/3): sd ~ 25.8; 5 sd tolerance.
+  assert np.all(np.abs(counts - 1000) < 130), counts
+
+
+def test_hook_without_mix_returns_logits_only():
+  out = MODEL.apply(VARS, X, train=False, mix=None)
+  assert isinstance(out, jax.Array) and out.shape == (4, 10)
+
+
+def test_hidden_mix_validation():
+  with pytest.raises(ValueError, match="method"):
+    hook.hidden_mix(jax.random.key(0), Y, method="mixup")
+  with pytest.raises(ValueError, match="sites"):
+    hook.hidden_mix(jax.random.key(0), Y, method="manifold_mixup", sites=("layer9",))
+  with pytest.raises(ValueError, match="gamma"):
+    hook.hidden_mix(jax.random.key(0), Y, method="patchup", gamma=1.5)
+  with pytest.raises(ValueError, match="labels"):
+    hook.hidden_mix(jax.random.key(0), Y_INT, method="patchup")
+  with pytest.raises(TypeError):
+    hook.hidden_mix(jax.random.key(0), Y, method="dropblock", alpha=1.0)
