@@ -1,6 +1,6 @@
 """jaxmix: mixing-based data augmentation for JAX / Flax, pure and jit/vmap clean."""
 
-from jaxmix import models
+from jaxmix import data, models
 from jaxmix.compose import maybe_apply, switch
 from jaxmix.core import MixResult, one_hot
 from jaxmix.hidden_ops import dropblock, dropblock_schedule, manifold_mixup, patchup
@@ -18,6 +18,7 @@ __all__ = (
   "bce_on_softmax",
   "cutmix",
   "cutout",
+  "data",
   "dropblock",
   "dropblock_schedule",
   "get_method",
