@@ -22,6 +22,8 @@ class Method(NamedTuple):
     defaults: the seed recipes' hyper-parameters for training (may differ from the
       op's own keyword defaults, e.g. CutMix's ``prob=0.5``).
     paper: the paper the method comes from.
+    pixel_space: the op works on [0, 1] pixels (before normalisation), as IPMix;
+      otherwise it gets the normalised batch (Cutout's zeros = the mean colour).
   """
 
   name: str
@@ -29,6 +31,7 @@ class Method(NamedTuple):
   site: str
   defaults: Mapping[str, Any]
   paper: str
+  pixel_space: bool = False
 
 
 def _entries():
