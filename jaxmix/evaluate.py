@@ -50,9 +50,9 @@ FGSM_PATCHUP_EPSILONS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)
 FGSM_PIXEL_EPSILONS = (4 / 255, 8 / 255)
 PGD_PRESETS = {
   # Puzzle Mix checkpoint/test_robust.py (§8.6).
-  "puzzlemix": {"epsilon": 4 / 255, "step_size": 2 / 255, "num_steps": 20},
+  "puzzlemix": {"epsilon": 4 / 255, "step_size": 2 / 255, "num_steps": 20, "clip_start": True},
   # IPMix cifar.py L310-L346, L436 (§10.4).
-  "ipmix": {"epsilon": 2 / 255, "step_size": 0.5 / 255, "num_steps": 20},
+  "ipmix": {"epsilon": 2 / 255, "step_size": 0.5 / 255, "num_steps": 20, "clip_start": False},
 }
 
 
@@ -290,13 +290,25 @@ def fgsm_pixel(logits_fn: Callable, images: Array, labels: Array, *, epsilon, me
   return jnp.clip(images + epsilon * jnp.sign(jax.grad(loss)(images)), 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnums=1, static_argnames=("num_steps", "random_start"))
+@functools.partial(jax.jit, static_argnums=1, static_argnames=("num_steps", "random_start", "clip_start"))
 def pgd_pixel(
-  key, logits_fn: Callable, images: Array, labels: Array, *, epsilon, step_size, num_steps: int, mean, std, random_start: bool = True
+  key,
+  logits_fn: Callable,
+  images: Array,
+  labels: Array,
+  *,
+  epsilon,
+  step_size,
+  num_steps: int,
+  mean,
+  std,
+  random_start: bool = True,
+  clip_start: bool = False,
 ) -> Array:
   """L-inf PGD in [0, 1] pixel space (IPMix ``cifar.py`` PGD; Puzzle Mix ``test_robust.py``).
 
-  ``x_0 = x + U(-eps, eps)`` (random start, not clipped, as IPMix); then
+  ``x_0 = x + U(-eps, eps)`` (random start; IPMix leaves it unclipped, Puzzle Mix
+  clips it to [0, 1]: ``clip_start``); then
   ``num_steps`` times ``x_t = clip(clip(x_{t-1} + a sign(grad), x - eps, x + eps), 0, 1)``
   with the gradient of the summed CE. A ``lax.fori_loop``, so jit-friendly.
 
@@ -311,6 +323,7 @@ def pgd_pixel(
     mean: per-channel mean.
     std: per-channel std.
     random_start: start from a uniform point of the ball.
+    clip_start: clip the random start to [0, 1] (Puzzle Mix) or not (IPMix).
 
   Returns:
     ``[B, H, W, C]`` adversarial images in ``[0, 1]``.
@@ -322,6 +335,8 @@ def pgd_pixel(
   start = images
   if random_start:
     start = images + jax.random.uniform(key, images.shape, jnp.float32, -epsilon, epsilon)
+    if clip_start:
+      start = jnp.clip(start, 0.0, 1.0)
 
   def body(_, x):
     x = x + step_size * jnp.sign(jax.grad(loss)(x))
@@ -435,7 +450,7 @@ def _pgd_all(logits_fn, images, labels, *, mean, std, batch_size, presets: Seque
       x01 = jnp.asarray(_pad(np.asarray(images[lo:hi], np.float32) / 255.0, batch_size))
       y = jnp.asarray(_pad(np.asarray(labels[lo:hi], np.int32), batch_size))
       logits.append(np.asarray(run(jax.random.fold_in(base, i), x01, y))[: hi - lo])
-    out[name] = _summarise(np.concatenate(logits), labels) | {k: float(v) for k, v in cfg.items()}
+    out[name] = _summarise(np.concatenate(logits), labels) | {k: (v if isinstance(v, bool) else float(v)) for k, v in cfg.items()}
   return out
 
 

@@ -2,6 +2,8 @@
 
 import io
 import os
+import shutil
+import subprocess
 import zipfile
 
 import jax
@@ -159,10 +161,33 @@ def test_motion_blur_kernel_and_impulse_response():
   img = np.zeros((1, 32, 32, 3), np.uint8)
   img[0, 10, 20] = 255
   out = jc._motion_blur_uint8(img, 6, 2.0, np.array([0.0]))
-  np.testing.assert_array_equal(out[0, 10, 20 - np.arange(13), 0], np.floor(255 * w + 0.5).astype(np.uint8))
+  np.testing.assert_array_equal(out[0, 10, 20 - np.arange(13), 0], (np.floor(255 * 257 * w + 0.5) // 257).astype(np.uint8))
   assert out[0, 9].max() == 0 and out[0, 11].max() == 0
   flat = np.full((1, 32, 32, 3), 77, np.uint8)
   np.testing.assert_array_equal(jc._motion_blur_uint8(flat, 9, 2.5, np.array([33.0])), flat)
+
+
+def _imagemagick():
+  for exe in ("convert-im6.q16", "magick", "convert"):
+    path = shutil.which(exe)
+    if path:
+      out = subprocess.run([path, "-version"], capture_output=True, text=True)
+      if "ImageMagick" in out.stdout:
+        return path
+  return None
+
+
+@pytest.mark.skipif(_imagemagick() is None, reason="ImageMagick is not installed")
+def test_motion_blur_equals_imagemagick(cifar, tmp_path):
+  exe = _imagemagick()
+  grey = (np.arange(32 * 32).reshape(32, 32, 1) * 7 % 256).astype(np.uint8)
+  cases = [(cifar[0], 6, 1, 20.0), (cifar[1], 9, 2.5, -40.0), (grey, 12, 6, -100.0), (cifar[2], 14, 12, -135.0)]
+  for img, radius, sigma, angle in cases:
+    mode = "RGB" if img.shape[-1] == 3 else "L"
+    Image.fromarray(img if mode == "RGB" else img[..., 0], mode).save(tmp_path / "in.png")
+    subprocess.run([exe, str(tmp_path / "in.png"), "-motion-blur", f"{radius}x{sigma}+{angle}", str(tmp_path / "out.png")], check=True)
+    ref = np.asarray(Image.open(tmp_path / "out.png").convert(mode)).reshape(img.shape)
+    np.testing.assert_array_equal(jc._motion_blur_uint8(img[None], radius, sigma, np.array([angle]))[0], ref)
 
 
 def test_opencv_warp_emulation_and_affine_solve(cifar):

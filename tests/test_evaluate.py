@@ -195,6 +195,12 @@ def test_fgsm_pixel_and_pgd_stay_in_bounds():
   assert np.all(np.abs(a - x01) <= 4 / 255 + 1e-6)
   ce = lambda z: float(jnp.mean(ev.cross_entropy(linear_logits((z - jnp.array(MEAN)) / jnp.array(STD)), y)))  # noqa: E731
   assert ce(a) > ce(x01)
+  # The random start: IPMix leaves it unclipped, Puzzle Mix clips it to [0, 1].
+  start = dict(epsilon=0.1, step_size=0.1, num_steps=0, mean=MEAN, std=STD)
+  raw = np.asarray(ev.pgd_pixel(jax.random.key(1), linear_logits, x01, y, **start))
+  assert raw.min() < 0.0 and np.all(np.abs(raw - x01) <= 0.1 + 1e-6)
+  clipped = np.asarray(ev.pgd_pixel(jax.random.key(1), linear_logits, x01, y, clip_start=True, **start))
+  np.testing.assert_allclose(clipped, np.clip(raw, 0, 1), atol=1e-7)
   # No steps and no random start: the input.
   same = ev.pgd_pixel(
     jax.random.key(0), linear_logits, x01, y, epsilon=0.1, step_size=0.1, num_steps=0, mean=MEAN, std=STD, random_start=False
