@@ -115,20 +115,38 @@ def check_labels(labels, batch: int) -> int:
   return int(shape[1])
 
 
+def _concrete(x):
+  """``x`` as a numpy array if its value is known in Python, else ``None`` (traced)."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  try:
+    return np.asarray(x)
+  except (TypeError, jax.errors.TracerArrayConversionError):
+    return None
+
+
 def check_lam_perm(lam, perm, batch: int) -> None:
-  """Checks the shapes of the ``lam`` / ``perm`` overrides (values may be traced)."""
+  """Checks the ``lam`` / ``perm`` overrides.
+
+  Shapes are always checked; values only when they are known in Python (not traced
+  inside ``jax.jit``): ``lam`` must lie in ``[0, 1]`` and ``perm`` in ``[0, B)``.
+  """
   if lam is not None:
     shape = jnp.shape(lam)
     if shape not in ((), (batch,)):
       raise ValueError(f"lam must be a scalar or have shape ({batch},), got shape {shape}.")
-    if _is_static_number(lam) and not 0.0 <= float(lam) <= 1.0:
-      raise ValueError(f"lam must lie in [0, 1], got {lam!r}.")
+    value = _concrete(lam)
+    if value is not None and not (np.all(value >= 0.0) and np.all(value <= 1.0)):
+      raise ValueError(f"lam must lie in [0, 1], got {value.tolist()!r}.")
   if perm is not None:
     shape = jnp.shape(perm)
     if shape != (batch,):
       raise ValueError(f"perm must have shape ({batch},), got shape {shape}.")
     if not jnp.issubdtype(jnp.result_type(perm), jnp.integer):
       raise ValueError(f"perm must be an integer array, got dtype {jnp.result_type(perm)}.")
+    value = _concrete(perm)
+    if value is not None and not (np.all(value >= 0) and np.all(value < batch)):
+      raise ValueError(f"perm values must lie in [0, {batch - 1}] (partner indices), got {value.tolist()!r}.")
 
 
 # ----------------------------------------------------------------------------
@@ -156,9 +174,16 @@ def sample_perm(key, batch: int, pairing: str = "permutation") -> Array:
 
 
 def sample_beta(key, alpha: float, shape=()) -> Array:
-  """lam ~ Beta(alpha, alpha) in float32; ``alpha == 0`` gives lam = 1 (no mixing)."""
+  """lam ~ Beta(alpha, alpha) in float32; ``alpha == 0`` gives lam = 1 (no mixing).
+
+  ``alpha == 1`` (the default of Mixup and CutMix) draws ``U[0, 1)``, which is
+  Beta(1, 1) exactly and skips the rejection loop of ``jax.random.beta`` (about
+  0.25 ms for 128 per-sample draws on a 2-core CPU).
+  """
   if alpha == 0:
     return jnp.ones(shape, jnp.float32)
+  if alpha == 1:
+    return jax.random.uniform(key, shape, jnp.float32)
   return jax.random.beta(key, alpha, alpha, shape, dtype=jnp.float32)
 
 
@@ -178,10 +203,15 @@ def resolve_lam_perm(key, batch: int, *, alpha, per_sample: bool, lam, perm, pai
 
 
 def mix_labels(labels: Array, perm: Array, lam: Array) -> Array:
-  """``lam * y + (1 - lam) * y[perm]`` with ``lam`` of shape ``[B]``, in float32."""
+  """``lam * y + (1 - lam) * y[perm]`` with ``lam`` of shape ``[B]``, in float32.
+
+  Entries where ``y[perm]`` equals ``y`` (a fixed point of ``perm``, a partner of the
+  same class) are returned exactly, without float round-off.
+  """
   labels = jnp.asarray(labels, jnp.float32)
   lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), labels.shape[:1])[:, None]
-  return lam * labels + (1.0 - lam) * labels[perm]
+  partner = labels[perm]
+  return jnp.where(partner == labels, labels, lam * labels + (1.0 - lam) * partner)
 
 
 def identity_result(images: Array, labels: Array) -> MixResult:

@@ -6,6 +6,8 @@ clean, with static shapes: boxes are masks built from ``iota`` comparisons.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +36,20 @@ def _box_mask(height: int, width: int, y1, y2, x1, x2) -> Array:
   cols = jnp.arange(width, dtype=jnp.int32)[None, :]
   e = lambda v: jnp.asarray(v)[..., None, None]  # noqa: E731
   return (rows >= e(y1)) & (rows < e(y2)) & (cols >= e(x1)) & (cols < e(x2))
+
+
+def _identity_where_unmixed(perm: Array, lam: Array) -> Array:
+  """The partner index, replaced by the sample itself where nothing was mixed (lam = 1)."""
+  return jnp.where(lam < 1.0, perm, jnp.arange(perm.shape[0], dtype=jnp.int32))
+
+
+def _kept_fraction(area: Array, height: int, width: int) -> Array:
+  """``1 - area / (H W)`` in float32, exactly 0 for a full box and 1 for an empty one.
+
+  Written as ``(H W - area) / (H W)`` on integers: XLA turns division by a constant
+  into multiplication by its reciprocal, which would give ``1 - 36 * (1 / 36) < 0``.
+  """
+  return (height * width - area).astype(jnp.float32) / (height * width)
 
 
 def _check_pair_op(images, labels, lam, perm) -> tuple[int, int, int, int]:
@@ -89,6 +105,10 @@ def mixup(
   lam_b = jnp.broadcast_to(lam, (batch,))
   w = lam_b[:, None, None, None]
   mixed = (w * images.astype(jnp.float32) + (1.0 - w) * images[perm].astype(jnp.float32)).astype(images.dtype)
+  # A fixed point of perm keeps its image bit-exactly (no float round-off of lam + (1 - lam)).
+  fixed = perm == jnp.arange(batch, dtype=perm.dtype)
+  mixed = jnp.where(fixed[:, None, None, None], images, mixed)
+  perm = _identity_where_unmixed(perm, lam_b)
   result = MixResult(mixed, core.mix_labels(labels, perm, lam_b), lam_b, perm)
   return _skip_unless(key_apply, prob, result, images, labels)
 
@@ -169,13 +189,36 @@ def cutmix(
   key_mix, key_box, key_apply = jax.random.split(key, 3)
   lam, perm = core.resolve_lam_perm(key_mix, batch, alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
   y1, y2, x1, x2 = cutmix_box(key_box, lam, height, width)
-  lam_adj = 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (height * width)
+  lam_adj = _kept_fraction((y2 - y1) * (x2 - x1), height, width)
   lam_adj = jnp.broadcast_to(lam_adj, (batch,))
   inside = jnp.broadcast_to(_box_mask(height, width, y1, y2, x1, x2), (batch, height, width))
   mixed = jnp.where(inside[..., None], images[perm], images)
   own = (~inside).astype(jnp.float32)
+  perm = _identity_where_unmixed(perm, lam_adj)
   result = MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=own)
   return _skip_unless(key_apply, prob, result, images, labels)
+
+
+def cutout_box(cy, cx, height: int, width: int, size: int, *, exact_size: bool = False) -> tuple[Array, Array, Array, Array]:
+  """The Cutout hole ``[y1, y2) x [x1, x2)`` around integer centres, clipped to the image.
+
+  Args:
+    cy: int array of row centres.
+    cx: int array of column centres (same shape).
+    height: H.
+    width: W.
+    size: hole side L.
+    exact_size: ``False``: the official rule ``[c - L // 2, c + L // 2)`` (an odd L
+      gives an ``L - 1`` hole). ``True``: the PatchUp / Manifold Mixup copies'
+      ``int(clip(c -+ L / 2))``, i.e. ``[c - ceil(L / 2), c + floor(L / 2))``, exactly
+      L wide inside the image.
+
+  Returns:
+    ``(y1, y2, x1, x2)`` int32 arrays shaped like ``cy``.
+  """
+  lo, hi = ((size + 1) // 2, size // 2) if exact_size else (size // 2, size // 2)
+  cy, cx = jnp.asarray(cy, jnp.int32), jnp.asarray(cx, jnp.int32)
+  return jnp.clip(cy - lo, 0, height), jnp.clip(cy + hi, 0, height), jnp.clip(cx - lo, 0, width), jnp.clip(cx + hi, 0, width)
 
 
 def cutout(
@@ -221,23 +264,24 @@ def cutout(
   batch, height, width, _ = core.check_images(images)
   core.check_labels(labels, batch)
   core.check_prob("prob", prob)
-  if not isinstance(size, int) or not 0 <= size <= max(height, width):
+  if not _is_int(size) or not 0 <= size <= max(height, width):
     raise ValueError(f"size must be an int in [0, {max(height, width)}] (the image side), got {size!r}.")
-  if not isinstance(n_holes, int) or n_holes < 1:
+  if not _is_int(n_holes) or n_holes < 1:
     raise ValueError(f"n_holes must be an int >= 1, got {n_holes!r}.")
   key_holes, key_apply = jax.random.split(key)
   shape = (n_holes,) if shared else (n_holes, batch)
   key_y, key_x = jax.random.split(key_holes)
   cy = jax.random.randint(key_y, shape, 0, height, dtype=jnp.int32)
   cx = jax.random.randint(key_x, shape, 0, width, dtype=jnp.int32)
-  lo, hi = ((size + 1) // 2, size // 2) if shared else (size // 2, size // 2)
-  holes = _box_mask(
-    height, width, jnp.clip(cy - lo, 0, height), jnp.clip(cy + hi, 0, height), jnp.clip(cx - lo, 0, width), jnp.clip(cx + hi, 0, width)
-  )
+  holes = _box_mask(height, width, *cutout_box(cy, cx, height, width, size, exact_size=shared))
   hole = jnp.broadcast_to(jnp.any(holes, axis=0), (batch, height, width))
   out = jnp.where(hole[..., None], jnp.zeros((), images.dtype), images)
   result = core.identity_result(out, labels)._replace(mask=(~hole).astype(jnp.float32))
   return _skip_unless(key_apply, prob, result, images, labels)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _round_half_even(x: float) -> int:
@@ -258,15 +302,20 @@ def patch_augment(
 ) -> MixResult:
   """Patch Augmentation (Bloice et al., 2021), the current ``PatchAugmentation.py``.
 
-  Per sample: with probability ``prob`` (``u <= prob``) paste a ``ph x pw`` patch of
-  the partner, taken at a random source location, at an independent random
-  destination. ``ph, pw ~ U{round(min_dim D) .. round(max_dim D)}`` with
-  ``D = round(sqrt(H W))``; top-left corners ``~ U{0 .. side - patch - 1}`` (the
-  official exclusive ``randint``: the last row / column is never touched). The
-  partner's label weight is the patch area fraction ``ph pw / (H W)``.
+  Per sample: with probability ``prob`` paste a ``ph x pw`` patch of the partner,
+  taken at a random source location, at an independent random destination (hard
+  paste, no blending). ``ph, pw ~ U{round(min_dim D) .. round(max_dim D)}``
+  (independent, banker's rounding as Python's ``round``) with ``D = round(sqrt(H W))``;
+  top-left corners ``~ U{0 .. side - patch - 1}`` (the official exclusive
+  ``randint``: the last row / column is never touched). The partner's label weight
+  is the patch area fraction ``ph pw / (H W)`` (counted even where the pixels
+  coincide), so ``lam = 1 - ph pw / (H W)``.
 
-  Deviation: the official partner is drawn from the whole training set; inside a
-  jitted step the partner is the batch's random permutation (``pairing``).
+  Deviations: the official partner is drawn from the whole training set; inside a
+  jitted step the partner is the batch's random permutation (``pairing``). The
+  official test is ``u <= p``; this uses ``u < prob`` (the same for a continuous
+  ``u``) so that ``prob = 0`` never augments. Non-square images (the official code
+  is square only) use ``H`` and ``W`` for the corner ranges and the area fraction.
 
   Args:
     key: PRNG key.
@@ -274,12 +323,15 @@ def patch_augment(
     labels: ``[B, K]`` soft targets.
     prob: per-sample probability of augmenting (class default 1.0; CIFAR-100
       notebook 0.9).
-    min_dim: smallest patch side as a fraction of D (class default 0.1).
+    min_dim: smallest patch side as a fraction of D (class default 0.1), >= 0; a side
+      that rounds to 0 pastes nothing.
     max_dim: largest patch side as a fraction of D (class default 0.9); the largest
-      side must be smaller than the image side.
+      side ``round(max_dim D)`` must be smaller than the image side (the official
+      code crashes at ``max_dim = 1``).
     lam: optional scalar or ``[B]`` override: a square patch of side
-      ``round(D sqrt(1 - lam))`` is pasted instead of a sampled size, and ``lam`` is
-      re-derived from its area.
+      ``round(D sqrt(1 - lam))`` (at most the image side, so ``lam = 0`` pastes the
+      whole partner) is pasted instead of a sampled size, and ``lam`` is re-derived
+      from its area. The per-sample ``prob`` still applies.
     perm: optional ``[B]`` int partner override.
     pairing: ``"permutation"`` or ``"roll"``.
 
@@ -289,45 +341,50 @@ def patch_augment(
 
   Raises:
     ValueError: on a bad batch, a probability outside [0, 1], or patch bounds with
-      ``0 < min_dim <= max_dim`` violated or larger than the image.
+      ``0 <= min_dim <= max_dim`` violated or as large as the image.
 
   Example:
     >>> res = jaxmix.patch_augment(key, x, y, prob=0.9, min_dim=0.3, max_dim=0.8)
   """
   batch, height, width, _ = _check_pair_op(images, labels, lam, perm)
   core.check_prob("prob", prob)
+  for name, value in (("min_dim", min_dim), ("max_dim", max_dim)):
+    core.check_nonneg(name, value)
+  if not min_dim <= max_dim:
+    raise ValueError(f"min_dim and max_dim must satisfy 0 <= min_dim <= max_dim, got {min_dim!r}, {max_dim!r}.")
   side = _round_half_even((height * width) ** 0.5)
   w_min, w_max = _round_half_even(min_dim * side), _round_half_even(max_dim * side)
-  if not 0.0 < min_dim <= max_dim:
-    raise ValueError(f"min_dim and max_dim must satisfy 0 < min_dim <= max_dim, got {min_dim!r}, {max_dim!r}.")
-  if w_min < 1 or w_max >= min(height, width):
+  if w_max >= min(height, width):
     raise ValueError(
-      f"patch sides [{w_min}, {w_max}] from min_dim={min_dim!r}, max_dim={max_dim!r} must lie in "
-      f"[1, {min(height, width) - 1}] for {height}x{width} images."
+      f"max_dim={max_dim!r} gives patch sides up to {w_max}; they must be smaller than the image side "
+      f"{min(height, width)} (max_dim < {(min(height, width) - 0.5) / side:.4g} for {height}x{width} images)."
     )
   key_perm, key_size, key_src, key_dst, key_apply = jax.random.split(key, 5)
   perm = core.sample_perm(key_perm, batch, pairing) if perm is None else jnp.asarray(perm, jnp.int32)
   if lam is None:
     ph, pw = jax.random.randint(key_size, (2, batch), w_min, w_max + 1, dtype=jnp.int32)
   else:
-    sq = jnp.round(side * jnp.sqrt(1.0 - jnp.asarray(lam, jnp.float32)))
-    sq = jnp.broadcast_to(jnp.clip(sq, 0, min(height, width) - 1).astype(jnp.int32), (batch,))
-    ph, pw = sq, sq
+    sq = jnp.round(side * jnp.sqrt(1.0 - jnp.asarray(lam, jnp.float32))).astype(jnp.int32)
+    sq = jnp.broadcast_to(sq, (batch,))
+    ph, pw = jnp.minimum(sq, height), jnp.minimum(sq, width)
+  # Top-left corners ~ U{0 .. side - patch - 1} (the official exclusive randint); a
+  # full-side patch (only reachable through a ``lam`` override) sits at 0.
   unit = jax.random.uniform(key_src, (2, batch))
-  s0 = jnp.floor(unit[0] * (height - ph)).astype(jnp.int32)
-  s1 = jnp.floor(unit[1] * (width - pw)).astype(jnp.int32)
+  s0 = jnp.floor(unit[0] * jnp.maximum(height - ph, 1)).astype(jnp.int32)
+  s1 = jnp.floor(unit[1] * jnp.maximum(width - pw, 1)).astype(jnp.int32)
   unit = jax.random.uniform(key_dst, (2, batch))
-  d0 = jnp.floor(unit[0] * (height - ph)).astype(jnp.int32)
-  d1 = jnp.floor(unit[1] * (width - pw)).astype(jnp.int32)
-  apply = jax.random.uniform(key_apply, (batch,)) <= prob
+  d0 = jnp.floor(unit[0] * jnp.maximum(height - ph, 1)).astype(jnp.int32)
+  d1 = jnp.floor(unit[1] * jnp.maximum(width - pw, 1)).astype(jnp.int32)
+  apply = jax.random.uniform(key_apply, (batch,)) < prob
   ph, pw = jnp.where(apply, ph, 0), jnp.where(apply, pw, 0)
   inside = _box_mask(height, width, d0, d0 + ph, d1, d1 + pw)
-  rows = jnp.clip(jnp.arange(height)[None, :] - d0[:, None] + s0[:, None], 0, height - 1)
-  cols = jnp.clip(jnp.arange(width)[None, :] - d1[:, None] + s1[:, None], 0, width - 1)
-  shifted = jax.vmap(lambda img, r, c: img[r][:, c])(images[perm], rows, cols)
+  # One gather: pixel (b, i, j) of the shifted partner is x[perm[b], i - d0 + s0, j - d1 + s1].
+  rows = jnp.clip(jnp.arange(height, dtype=jnp.int32)[None, :] - d0[:, None] + s0[:, None], 0, height - 1)
+  cols = jnp.clip(jnp.arange(width, dtype=jnp.int32)[None, :] - d1[:, None] + s1[:, None], 0, width - 1)
+  shifted = images[perm[:, None, None], rows[:, :, None], cols[:, None, :]]
   mixed = jnp.where(inside[..., None], shifted, images)
-  lam_adj = 1.0 - (ph * pw).astype(jnp.float32) / (height * width)
-  perm = jnp.where(apply, perm, jnp.arange(batch, dtype=jnp.int32))
+  lam_adj = _kept_fraction(ph * pw, height, width)
+  perm = _identity_where_unmixed(perm, lam_adj)
   return MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=(~inside).astype(jnp.float32))
 
 

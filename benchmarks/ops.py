@@ -1,0 +1,170 @@
+"""Time per batch of the input-space ops, next to a memory-copy and a timm baseline.
+
+Each op is jitted once and called on the same device batch; a call is timed from
+dispatch to ``block_until_ready`` of its outputs (``images`` and ``labels``, what a
+train step consumes; ``--full`` returns the whole ``MixResult``, masks included).
+Cases are interleaved round by round, so load from other processes on a shared
+machine hits them alike; the table gives the median over all calls.
+
+Baselines measured in the same run:
+
+* ``copy a+b``: a jitted ``a + b`` of two batches, which reads two batches and writes
+  one, the memory traffic of an op that mixes a batch with its partner.
+* ``gather x[perm]``: a jitted gather of a permuted batch (reads one, writes one).
+* timm (optional, ``pip install torch==2.13.0`` then ``pip install --no-deps timm``,
+  see benchmarks/README.md): ``timm.data.mixup.Mixup`` in batch and elem mode on
+  the same batch in NCHW, with ``torch.set_num_threads(2)``. timm mixes in place.
+
+Usage:
+  python benchmarks/ops.py [--rounds 15] [--shapes small,large] [--no-timm] [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxmix
+
+SHAPES = {"small": (128, 32, 32, 3), "large": (64, 224, 224, 3)}
+CALLS = {"small": 40, "large": 4}  # calls per case per round
+NUM_CLASSES = 10
+
+OPS = {
+  "mixup": functools.partial(jaxmix.mixup, alpha=1.0),
+  "mixup per_sample": functools.partial(jaxmix.mixup, alpha=1.0, per_sample=True),
+  "cutmix": functools.partial(jaxmix.cutmix, alpha=1.0),
+  "cutmix per_sample": functools.partial(jaxmix.cutmix, alpha=1.0, per_sample=True),
+  "cutout": functools.partial(jaxmix.cutout, size=16),
+  "cutout shared": functools.partial(jaxmix.cutout, size=16, shared=True),
+  "patch_augment": jaxmix.patch_augment,
+}
+
+
+def _jax_cases(shape, full: bool):
+  batch = shape[0]
+  rng = np.random.default_rng(0)
+  images = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+  other = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+  labels = jaxmix.one_hot(jnp.asarray(rng.integers(0, NUM_CLASSES, batch)), NUM_CLASSES)
+  perm = jax.device_put(rng.permutation(batch).astype(np.int32))
+  keys = [jax.random.key(i) for i in range(16)]
+
+  cases = {
+    "copy a+b (bound)": (jax.jit(lambda a, b: a + b), lambda i: (images, other)),
+    "gather x[perm]": (jax.jit(lambda a, p: a[p]), lambda i: (images, perm)),
+  }
+  for name, op in OPS.items():
+    if full:
+      fn = jax.jit(op)
+    else:
+      fn = jax.jit(lambda k, x, y, op=op: (lambda r: (r.images, r.labels))(op(k, x, y)))
+    cases[name] = (fn, lambda i: (keys[i % len(keys)], images, labels))
+  return cases
+
+
+def _load_timm_mixup():
+  """timm's mixup module, loaded by path: ``import timm`` needs torchvision, it does not."""
+  try:
+    import torch
+  except ImportError:
+    return None, None
+  spec = importlib.util.find_spec("timm")
+  if spec is None or not spec.submodule_search_locations:
+    return None, None
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mixup.py")
+  module_spec = importlib.util.spec_from_file_location("_timm_mixup", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return torch, module
+
+
+def _timm_cases(shape):
+  torch, timm_mixup = _load_timm_mixup()
+  if torch is None:
+    return {}
+  torch.set_num_threads(2)
+  np.random.seed(0)  # noqa: NPY002 (timm draws from numpy's global RNG)
+  batch, height, width, channels = shape
+  x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, channels, height, width), dtype=np.float32))
+  target = torch.from_numpy(np.random.default_rng(1).integers(0, NUM_CLASSES, batch))
+  cases = {}
+  for mode in ("batch", "elem"):
+    for name, kw in (("mixup", {"mixup_alpha": 1.0, "cutmix_alpha": 0.0}), ("cutmix", {"mixup_alpha": 0.0, "cutmix_alpha": 1.0})):
+      mixer = timm_mixup.Mixup(**kw, mode=mode, label_smoothing=0.0, num_classes=NUM_CLASSES)
+      cases[f"timm {name} ({mode})"] = (lambda mixer=mixer: mixer(x, target), None)
+  return cases
+
+
+def _run_once(fn, args):
+  start = time.perf_counter()
+  if args is None:
+    fn()
+  else:
+    jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool):
+  cases = _jax_cases(shape, full)
+  if use_timm:
+    cases.update(_timm_cases(shape))
+  times = {name: [] for name in cases}
+  for fn, make_args in cases.values():  # compile and warm up
+    for i in range(3):
+      _run_once(fn, None if make_args is None else make_args(i))
+  for _ in range(rounds):
+    for name, (fn, make_args) in cases.items():
+      for i in range(calls):
+        times[name].append(_run_once(fn, None if make_args is None else make_args(i)))
+  return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def _table(shape, ms):
+  copy = ms["copy a+b (bound)"]
+  rows = [f"### {shape} float32", "", "| case | ms / batch | x copy bound | x timm batch mode |", "|---|---:|---:|---:|"]
+  for name, value in ms.items():
+    base = name.split(" ")[0]
+    timm = ms.get(f"timm {base} (batch)")
+    ratio = f"{value / timm:.2f}" if timm and not name.startswith("timm") else ""
+    rows.append(f"| {name} | {value:.4f} | {value / copy:.2f} | {ratio} |")
+  checks = []
+  for op in ("mixup", "cutmix"):
+    if f"{op} per_sample" in ms:
+      checks.append(f"{op}: per_sample / per-batch = {ms[f'{op} per_sample'] / ms[op]:.2f} (goal <= 1.1)")
+    if f"timm {op} (batch)" in ms:
+      checks.append(f"{op}: jaxmix / timm batch = {ms[op] / ms[f'timm {op} (batch)']:.2f} (goal <= 0.5)")
+    checks.append(f"{op}: jaxmix / copy bound = {ms[op] / copy:.2f} (goal at 224: <= 2)")
+  return "\n".join(rows + [""] + [f"- {c}" for c in checks])
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=15)
+  parser.add_argument("--shapes", default="small,large", help="comma-separated subset of: " + ", ".join(SHAPES))
+  parser.add_argument("--no-timm", action="store_true", help="skip the timm baseline even if torch and timm are installed")
+  parser.add_argument("--full", action="store_true", help="return the whole MixResult (masks included) from the jitted op")
+  args = parser.parse_args(argv)
+  print(
+    f"# jaxmix input-op benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+    f"load average {os.getloadavg()[0]:.2f}, rounds {args.rounds}, outputs {'full MixResult' if args.full else 'images + labels'}\n"
+  )
+  for shape_name in args.shapes.split(","):
+    shape = SHAPES[shape_name]
+    ms = measure(shape, args.rounds, CALLS[shape_name], not args.no_timm, args.full)
+    print(_table(shape, ms), "\n", flush=True)
+
+
+if __name__ == "__main__":
+  main()

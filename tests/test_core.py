@@ -1,0 +1,158 @@
+"""MixResult, one_hot, the eager validators and the shared samplers of jaxmix.core."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import jaxmix
+from jaxmix import core
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
+def test_one_hot_follows_timm_convention(smoothing):
+  labels = jnp.array([0, 3, 2, 3])
+  hot = jaxmix.one_hot(labels, 4, smoothing=smoothing)
+  assert hot.shape == (4, 4) and hot.dtype == jnp.float32
+  expect = np.full((4, 4), smoothing / 4, np.float32)
+  expect[np.arange(4), np.asarray(labels)] = 1 - smoothing + smoothing / 4
+  np.testing.assert_allclose(hot, expect, rtol=1e-6)
+  np.testing.assert_allclose(hot.sum(1), 1.0, rtol=1e-6)
+
+
+def test_one_hot_validation():
+  with pytest.raises(ValueError, match="smoothing"):
+    jaxmix.one_hot(jnp.arange(3), 3, smoothing=1.5)
+  with pytest.raises(ValueError, match="num_classes"):
+    jaxmix.one_hot(jnp.arange(3), 0)
+  with pytest.raises(ValueError, match="1-D"):
+    jaxmix.one_hot(jnp.zeros((2, 3), jnp.int32), 3)
+
+
+def test_one_hot_in_jit():
+  hot = jax.jit(lambda y: jaxmix.one_hot(y, 5, smoothing=0.2))(jnp.array([4, 0]))
+  np.testing.assert_allclose(hot[0], [0.04, 0.04, 0.04, 0.04, 0.84], rtol=1e-6)
+
+
+def test_mixresult_is_a_pytree_through_jit():
+  res = core.identity_result(jnp.ones((2, 3, 3, 1)), jnp.eye(2))
+  out = jax.jit(lambda r: jax.tree.map(lambda a: a * 2, r))(res)
+  assert isinstance(out, jaxmix.MixResult)
+  np.testing.assert_array_equal(out.lam, [2.0, 2.0])
+  assert out.mask is None and out.loss_scale is None
+  np.testing.assert_array_equal(res.perm, [0, 1])
+  assert res.perm.dtype == jnp.int32 and res.lam.dtype == jnp.float32
+
+
+def test_mix_labels_formula_and_exact_on_equal_rows():
+  y = jaxmix.one_hot(jnp.array([0, 1, 1, 2]), 3, smoothing=0.3)
+  perm = jnp.array([1, 2, 0, 3])
+  lam = jnp.array([0.3, 0.6, 0.9, 0.1])
+  mixed = core.mix_labels(y, perm, lam)
+  np.testing.assert_allclose(mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm], rtol=1e-6)
+  np.testing.assert_array_equal(mixed[1], y[1])  # partner of the same class
+  np.testing.assert_array_equal(mixed[3], y[3])  # fixed point
+  np.testing.assert_allclose(core.mix_labels(y, perm, 0.25), 0.25 * y + 0.75 * y[perm], rtol=1e-6)
+
+
+def test_validators():
+  core.check_nonneg("alpha", 0.0)
+  core.check_prob("prob", 1)
+  for bad in (-1e-3, float("nan"), float("inf"), "1", None):
+    with pytest.raises(ValueError, match="alpha"):
+      core.check_nonneg("alpha", bad)
+  for bad in (-0.1, 1.01, float("nan")):
+    with pytest.raises(ValueError, match=r"prob must be a probability in \[0, 1\]"):
+      core.check_prob("prob", bad)
+  assert core.check_images(jnp.zeros((2, 3, 4, 1), jnp.bfloat16)) == (2, 3, 4, 1)
+  with pytest.raises(ValueError, match="4-D"):
+    core.check_images(jnp.zeros((3, 4, 1)))
+  with pytest.raises(ValueError, match="non-empty"):
+    core.check_images(jnp.zeros((0, 3, 4, 1)))
+  with pytest.raises(ValueError, match="floating"):
+    core.check_images(jnp.zeros((1, 3, 4, 1), jnp.uint8))
+  assert core.check_labels(jnp.zeros((2, 7)), 2) == 7
+  with pytest.raises(ValueError, match=r"\[B, K\]"):
+    core.check_labels(jnp.zeros((2,)), 2)
+  with pytest.raises(ValueError, match="batch size 3 differs"):
+    core.check_labels(jnp.zeros((3, 7)), 2)
+
+
+def test_check_lam_perm():
+  core.check_lam_perm(0.5, np.array([1, 0]), 2)
+  core.check_lam_perm(np.array([0.0, 1.0]), None, 2)
+  with pytest.raises(ValueError, match=r"lam must lie in \[0, 1\]"):
+    core.check_lam_perm(np.array([0.5, 1.5]), None, 2)
+  with pytest.raises(ValueError, match=r"shape \(2,\)"):
+    core.check_lam_perm(np.zeros(3), None, 2)
+  with pytest.raises(ValueError, match="integer"):
+    core.check_lam_perm(None, np.array([0.0, 1.0]), 2)
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    core.check_lam_perm(None, np.array([0, 2]), 2)
+
+  @jax.jit
+  def traced(lam, perm):  # values of traced overrides are not checked, shapes are
+    core.check_lam_perm(lam, perm, 2)
+    return lam
+
+  np.testing.assert_array_equal(traced(jnp.float32(2.0), jnp.array([0, 5])), 2.0)
+
+
+def test_sample_perm():
+  perm = core.sample_perm(jax.random.key(0), 50)
+  assert perm.dtype == jnp.int32 and sorted(np.asarray(perm).tolist()) == list(range(50))
+  np.testing.assert_array_equal(core.sample_perm(jax.random.key(0), 4, "roll"), [3, 0, 1, 2])
+  with pytest.raises(ValueError, match="pairing"):
+    core.sample_perm(jax.random.key(0), 4, "flip")
+
+
+def test_permutation_is_uniform():
+  """Position of element 0 under 3000 random permutations of 6 is uniform; fixed points allowed."""
+  keys = jax.random.split(jax.random.key(3), 3000)
+  perms = np.asarray(jax.jit(jax.vmap(lambda k: core.sample_perm(k, 6)))(keys))
+  assert stats.chisquare(np.bincount(perms[:, 0], minlength=6)).pvalue > 1e-3
+  assert np.mean(perms == np.arange(6)) == pytest.approx(1 / 6, abs=0.02)
+
+
+def assert_symmetric_beta(lam, alpha):
+  """KS test of float32 samples against Beta(alpha, alpha).
+
+  For small alpha a large share of the mass lies within float32 resolution of 1 and
+  rounds to exactly 1.0; those ties break the KS test. The distribution is symmetric,
+  so test the lower half (full float32 resolution) against ``2 * cdf`` and the share
+  below 1/2 against 1/2.
+  """
+  lam = np.asarray(lam, np.float64)
+  lower = lam[lam < 0.5]
+  assert stats.binomtest(lower.size, lam.size, 0.5).pvalue > 1e-3
+  assert stats.kstest(lower, lambda x: 2 * stats.beta(alpha, alpha).cdf(x)).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("alpha", [0.1, 1.0, 3.0])
+def test_sample_beta_matches_scipy(alpha):
+  lam = np.asarray(jax.jit(lambda k: core.sample_beta(k, alpha, (5000,)))(jax.random.key(1)))
+  assert lam.dtype == np.float32 and np.all((lam >= 0) & (lam <= 1))
+  assert_symmetric_beta(lam, alpha)
+
+
+def test_beta_check_can_fail():
+  """The helper above rejects a wrong concentration."""
+  lam = np.asarray(jax.jit(lambda k: core.sample_beta(k, 0.5, (5000,)))(jax.random.key(1)))
+  with pytest.raises(AssertionError):
+    assert_symmetric_beta(lam, 0.8)
+
+
+def test_sample_beta_alpha_zero_is_one():
+  np.testing.assert_array_equal(core.sample_beta(jax.random.key(0), 0.0, (3,)), np.ones(3))
+
+
+def test_resolve_lam_perm_shapes_and_overrides():
+  lam, perm = core.resolve_lam_perm(jax.random.key(0), 4, alpha=1.0, per_sample=False, lam=None, perm=None)
+  assert lam.shape == () and perm.shape == (4,)
+  lam, _ = core.resolve_lam_perm(jax.random.key(0), 4, alpha=1.0, per_sample=True, lam=None, perm=None)
+  assert lam.shape == (4,) and len(np.unique(lam)) == 4
+  lam, perm = core.resolve_lam_perm(jax.random.key(0), 4, alpha=1.0, per_sample=True, lam=0.3, perm=[3, 2, 1, 0])
+  assert lam.dtype == jnp.float32 and float(lam) == pytest.approx(0.3)
+  np.testing.assert_array_equal(perm, [3, 2, 1, 0])
+  assert perm.dtype == jnp.int32
