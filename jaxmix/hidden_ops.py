@@ -47,7 +47,27 @@ def block_mask(seeds: Array, block_size) -> Array:
   """
   bh, bw = (block_size, block_size) if isinstance(block_size, numbers.Integral) else block_size
   seeds = jnp.asarray(seeds, jnp.float32)
-  return lax.reduce_window(seeds, 0.0, lax.max, (1, bh, bw, 1), (1, 1, 1, 1), "SAME")
+  # Separable: a max over rows then over columns equals the 2-D window max (and is
+  # ~15x faster on CPU than one bs x bs window).
+  rows = lax.reduce_window(seeds, 0.0, lax.max, (1, bh, 1, 1), (1, 1, 1, 1), "SAME")
+  return lax.reduce_window(rows, 0.0, lax.max, (1, 1, bw, 1), (1, 1, 1, 1), "SAME")
+
+
+def sample_lam(key, alpha: float) -> Array:
+  """``lam ~ Beta(alpha, alpha)`` as a float32 scalar, with exact cheap special cases.
+
+  ``alpha = 0`` gives 1 (no mixing); ``alpha = 1`` a uniform draw; ``alpha = 2`` the
+  median of three uniforms (the 2nd order statistic of 3 is exactly Beta(2, 2)),
+  which avoids compiling JAX's rejection sampler for the defaults of PatchUp,
+  Manifold Mixup and CutMix; other values use ``jax.random.beta``.
+  """
+  if alpha == 0:
+    return jnp.float32(1.0)
+  if alpha == 1:
+    return jax.random.uniform(key, (), jnp.float32)
+  if alpha == 2:
+    return jnp.median(jax.random.uniform(key, (3,), jnp.float32))
+  return jax.random.beta(key, alpha, alpha, (), dtype=jnp.float32)
 
 
 def patchup_gamma_adj(gamma, height: int, width: int, block_size: int):
@@ -110,7 +130,9 @@ def manifold_mixup(key, features: Array, labels: Array, *, alpha: float = 2.0, p
   """
   batch = _check_features(features, labels, lam, perm, rank4=False)[0]
   core.check_nonneg("alpha", alpha)
-  lam, perm = core.resolve_lam_perm(key, batch, alpha=alpha, per_sample=False, lam=lam, perm=perm)
+  key_lam, key_perm = jax.random.split(key)
+  lam = sample_lam(key_lam, alpha) if lam is None else jnp.asarray(lam, jnp.float32)
+  perm = core.sample_perm(key_perm, batch) if perm is None else jnp.asarray(perm, jnp.int32)
   lam_b = jnp.broadcast_to(lam, (batch,))
   return MixResult(_pair_mix(features, perm, lam_b), core.mix_labels(labels, perm, lam_b), lam_b, perm, loss_scale=jnp.float32(1.0))
 
@@ -210,7 +232,7 @@ def patchup(
     raise ValueError(f"seeds must have shape (1 or {batch}, {height}, {width}, {channels}), got {jnp.shape(seeds)}.")
   key_lam, key_perm, key_seeds, key_apply = jax.random.split(key, 4)
   if lam is None:
-    lam = core.sample_beta(key_lam, alpha if use_alpha else 2.0)
+    lam = sample_lam(key_lam, alpha if use_alpha else 2.0)
   lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (batch,))
   perm = core.sample_perm(key_perm, batch) if perm is None else jnp.asarray(perm, jnp.int32)
 

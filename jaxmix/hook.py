@@ -61,7 +61,9 @@ def _manifold_mixup(
   core.check_nonneg("alpha", alpha)
   core.check_lam_perm(lam, perm, batch)
   key_layer, key_mix = jax.random.split(key)
-  lam, perm = core.resolve_lam_perm(key_mix, batch, alpha=alpha, per_sample=False, lam=lam, perm=perm)
+  key_lam, key_perm = jax.random.split(key_mix)
+  lam = hidden_ops.sample_lam(key_lam, alpha) if lam is None else jnp.asarray(lam, jnp.float32)
+  perm = core.sample_perm(key_perm, batch) if perm is None else jnp.asarray(perm, jnp.int32)
   lam = jnp.broadcast_to(lam, (batch,))
   layer = _layer(key_layer, len(sites), layer)
   carry = MixResult(None, core.mix_labels(labels, perm, lam), lam, perm, loss_scale=jnp.float32(1.0))
@@ -108,7 +110,7 @@ def _patchup(
   core.check_lam_perm(lam, perm, batch)
   key_layer, key_apply, key_lam, key_perm, key_op = jax.random.split(key, 5)
   if lam is None:
-    lam = core.sample_beta(key_lam, alpha if use_alpha else 2.0)
+    lam = hidden_ops.sample_lam(key_lam, alpha if use_alpha else 2.0)
   perm = core.sample_perm(key_perm, batch) if perm is None else jnp.asarray(perm, jnp.int32)
   layer = _layer(key_layer, len(sites), layer)
   if not (hidden_ops._is_static(prob) and prob >= 1.0):
@@ -122,7 +124,9 @@ def _patchup(
 
     def mixed(h, carry):
       if site == "input":
-        res = input_ops.cutmix(key_site, h, carry.labels, alpha=cutmix_alpha, perm=perm)
+        key_box, key_cut = jax.random.split(key_site)
+        cut_lam = hidden_ops.sample_lam(key_cut, cutmix_alpha)
+        res = input_ops.cutmix(key_box, h, carry.labels, lam=cut_lam, perm=perm)
         labels, own = res.labels, res.lam
         if wrn_target_bug:
           labels, own = 0.5 * (labels + carry.labels), 0.5 * (own + 1.0)

@@ -327,3 +327,10 @@ def test_manifold_mixup_known_answers():
   np.testing.assert_array_equal(jaxmix.manifold_mixup(jax.random.key(2), H, Y, alpha=0.0).images, H)
   with pytest.raises(ValueError, match="alpha"):
     jaxmix.manifold_mixup(jax.random.key(0), H, Y, alpha=-1.0)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_sample_lam_exact_special_cases(alpha):
+  lam = jax.jit(jax.vmap(lambda k: hidden_ops.sample_lam(k, alpha)))(jax.random.split(jax.random.key(20), 3000))
+  assert stats.kstest(np.asarray(lam), stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+  assert float(hidden_ops.sample_lam(jax.random.key(0), 0.0)) == 1.0
