@@ -716,7 +716,8 @@ def format_summary(metrics: dict) -> str:
   lines = [
     f"examples: {metrics['n_examples']}",
     f"clean: top1 {c['top1']:.2f}%  top5 {c['top5']:.2f}%  CE {c['ce']:.4f}  ECE {fmt(c.get('ece'))}%  "
-    f"RMS calib {fmt(c.get('rms_calibration_error'))}%",
+    f"RMS calib {fmt(c.get('rms_calibration_error'))}% (official, last bin skipped; "
+    f"all bins {fmt(c.get('rms_calibration_error_all_bins'))}%)",
   ]
   if "fgsm" in metrics:
     pu = "  ".join(f"{k}: {v['top1']:.2f}" for k, v in metrics["fgsm"]["patchup"].items())

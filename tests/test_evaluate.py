@@ -341,3 +341,31 @@ def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
   assert code == 0
   default = json.loads((tmp_path / "eval_metrics.json").read_text())
   assert set(default) == {"n_examples", "batch_size", "seconds", "clean", "checkpoint"}
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_a_trained_run(tmp_path):
+  """``jaxmix train`` (one tiny epoch on the real CIFAR-10 zips) then ``jaxmix eval --checkpoint``."""
+  import os
+
+  from conftest import CIFAR_DIR
+
+  from jaxmix import train
+
+  if not os.path.exists(os.path.join(CIFAR_DIR, "test.zip")):
+    pytest.skip("CIFAR-10 zips not available")
+  args = ["--dataset", "cifar10", "--data_dir", CIFAR_DIR, "--labels_per_class", "2", "--valid_labels_per_class", "1"]
+  args += ["--arch", "preactresnet_small", "--model_kwargs", json.dumps({"widths": [4, 4, 8, 8], "blocks": [1, 1, 1, 1]})]
+  args += ["--batch_size", "10", "--epochs", "1", "--eval_batch_size", "50", "--max_eval_examples", "50", "--train", "mixup"]
+  args += ["--root_dir", str(tmp_path), "--job_id", "run", "--num_devices", "1"]
+  assert train.cli_main(args) == 0
+  run_dir = str(tmp_path / "run")
+  out = tmp_path / "metrics.json"
+  assert (
+    ev.cli_main(["--checkpoint", run_dir, "--out", str(out), "--max_examples", "20", "--batch_size", "10", "--corruptions", "fog"]) == 0
+  )
+  metrics = json.loads(out.read_text())
+  assert metrics["n_examples"] == 20
+  assert 0.0 <= metrics["clean"]["top1"] <= 100.0
+  assert metrics["fgsm"]["patchup"]["0"]["top1"] == pytest.approx(metrics["clean"]["top1"])
+  assert len(metrics["deformed"]) == 9 and set(metrics["corruptions"]["per_corruption"]) == {"fog"}
