@@ -260,7 +260,8 @@ def _local_sources(path: str):
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f"data_dir {path!r} does not exist. Pass a class-folder dir/zip, a tfds data dir, or no data_dir to use the tfds default."
+      f"data_dir {path!r} does not exist. Pass a class-folder dir/zip for offline use; to download through tfds into it, "
+      "create it first (mkdir -p), or pass no data_dir to use the tfds default (~/tensorflow_datasets)."
     )
   if os.path.isfile(path):
     if not zipfile.is_zipfile(path):

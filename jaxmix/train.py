@@ -25,10 +25,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from jaxmix import models
 from jaxmix import train_step as ts
 from jaxmix.registry import METHODS, get_method
 
-ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "resnet20v1", "resnet29v2", "preactresnet_small")
+ARCHS = models.ARCHS
 
 # Flag -> op keyword, per method: which command-line flags set which hyper-parameter.
 # A flag left unset keeps the registry's seed default.
@@ -203,12 +204,21 @@ def evaluate(eval_step, variables, split, data, batch_size: int, sharding) -> di
   from jaxmix import data as jdata
 
   totals = None
-  for batch in jdata.prefetch_to_device(jdata.eval_batches(split, batch_size=batch_size), 2, sharding):
+  batches = map(_host_slice, jdata.eval_batches(split, batch_size=batch_size))
+  for batch in jdata.prefetch_to_device(batches, 2, sharding):
     out = eval_step(variables, batch, tuple(data.mean), tuple(data.std))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   n = float(totals["count"])
   return {"top1": 100.0 * float(totals["correct"]) / n, "top5": 100.0 * float(totals["correct5"]) / n, "loss": float(totals["ce"]) / n}
+
+
+def _host_slice(batch: dict) -> dict:
+  """This host's contiguous slice of a global batch (the whole batch on one host)."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  return {k: np.array_split(v, n)[i] for k, v in batch.items()}
 
 
 class _Progress:
@@ -292,7 +302,6 @@ def train(cfg: TrainConfig) -> dict:
       holding a different run, or a NaN loss (the last good checkpoint is kept).
   """
   from jaxmix import data as jdata
-  from jaxmix import models
 
   get_method(cfg.train)
   if cfg.arch not in ARCHS:
@@ -353,7 +362,15 @@ def train(cfg: TrainConfig) -> dict:
     t_epoch = time.perf_counter()
     first = start_step if epoch == start_epoch else 0
     batches = jdata.train_batches(
-      data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=first, crop_padding=cfg.crop_padding, flip=cfg.flip
+      data.train,
+      batch_size=cfg.batch_size,
+      seed=cfg.seed,
+      epoch=epoch,
+      start_step=first,
+      crop_padding=cfg.crop_padding,
+      flip=cfg.flip,
+      num_shards=jax.process_count(),
+      shard_index=jax.process_index(),
     )
     progress = _Progress(epoch, spe, cfg.print_freq)
     sums, count = None, 0
@@ -536,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--flip", type=_bool, default=True)
   a("--manualSeed", "--seed", dest="seed", type=int, default=0)
   a("--num_devices", type=int, default=0, help="devices to use (0 = all)")
+  a("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first (each host reads its slice)")
   a("--mix_group_size", type=int, default=0, help="mix within fixed groups of this many examples (device-count independent)")
   a("--eval_batch_size", type=int, default=500)
   a("--keep_checkpoints", type=int, default=2)
@@ -598,7 +616,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
   dataset = {"svhn": "svhn_cropped"}.get(args.dataset, args.dataset)
   hparams = {kw: getattr(args, flag) for flag, kw in FLAG_MAP.get(args.train, {}).items() if getattr(args, flag) is not None}
   fields = {f.name for f in dataclasses.fields(TrainConfig)}
-  values = {k: v for k, v in vars(args).items() if k in fields}
+  values = {k: v for k, v in vars(args).items() if k in fields and k != "distributed"}
   values.update(dataset=dataset, hparams=hparams, schedule=tuple(args.schedule), step_factors=tuple(args.step_factors))
   return TrainConfig(**values)
 
@@ -606,6 +624,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix train``: parse flags, train (or resume), print the test metrics."""
   args = build_parser().parse_args(list(argv))
+  if args.distributed:
+    jax.distributed.initialize()
   try:
     train(config_from_args(args))
   except (ValueError, FileNotFoundError) as e:
