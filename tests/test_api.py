@@ -16,7 +16,7 @@ from jaxmix import registry
 
 # Public functions that are not ops (no key, not mixing). Keep this list small and explicit:
 # a new public function is held to the op conventions unless it is named here.
-NON_OPS = frozenset({"one_hot", "saliency", "get_method", "bce_on_softmax", "softmax_cross_entropy", "dropblock_schedule"})
+NON_OPS = frozenset({"one_hot", "saliency", "get_method", "bce_on_softmax", "softmax_cross_entropy", "jsd_loss", "dropblock_schedule"})
 
 # Ops that mix pairs take the lam / perm overrides (API.md conventions).
 PAIR_OPS = ("mixup", "cutmix", "patch_augment", "manifold_mixup", "patchup", "puzzlemix")
