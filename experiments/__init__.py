@@ -1,0 +1,1 @@
+"""Seed experiments (``experiments.seeds``, ``experiments.run``) and the CPU-scale benchmark."""

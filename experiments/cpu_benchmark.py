@@ -1,0 +1,528 @@
+"""CPU-scale benchmark of every registry method on real CIFAR-10 (resumable).
+
+For every method of ``jaxmix.METHODS`` (with its registry seed defaults; IPMix also
+with its seed JSD loss) and every seed, train the small ``preactresnet_small`` on a
+class-balanced CIFAR-10 training subset through ``jaxmix.train.train``, restore the
+last checkpoint with ``jaxmix.train.restore_for_eval`` and evaluate it with
+``jaxmix.evaluate.evaluate_all``:
+
+* clean top-1 and ECE (15 bins) on the full 10,000-image test set;
+* FGSM accuracy on a class-balanced test subset (both protocols are stored; the
+  table reports pixel-space eps = 4/255, Puzzle Mix's protocol);
+* mean accuracy over the 15 generated corruptions x 5 severities
+  (``jaxmix.corruptions``, offline) on a smaller class-balanced test subset.
+
+Finished runs are skipped: ``train`` returns the summary of a finished run
+directory, and each run's evaluation is cached as ``eval.json`` in its run
+directory. Results go to ``--out_dir``: ``runs.json`` (one record per run, with
+wall / CPU seconds), ``summary.json`` (mean, sd and min/max over seeds per method,
+plus settings, date, machine and command), ``table.md`` and ``plot.png``.
+
+Usage::
+
+  python -m experiments.cpu_benchmark --data_dir ../shared/data/cifar10            # full table
+  python -m experiments.cpu_benchmark --data_dir ../shared/data/cifar10 --quick    # smoke run
+  python -m experiments.cpu_benchmark --data_dir ... --report_only                 # re-aggregate
+
+Notes:
+  * One common recipe for every method (SGD Nesterov, cosine decay, CE, crop pad 2 +
+    flip, batch 100), so only the mixing differs; the seeds' own schedules (hundreds
+    of epochs, step decay) cannot be run at this scale.
+  * During training ``jaxmix train`` evaluates ``--max_eval_examples`` test images per
+    epoch; the benchmark sets it to 100 only to keep that cheap (those first images
+    are all of class 0, see the README) and does not use that number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+DEFAULTS = {
+  "labels_per_class": 400,
+  "epochs": 12,
+  "seeds": (0, 1),
+  "methods": None,  # all registered
+  "widths": (16, 32, 64, 128),
+  "blocks": (1, 1, 1, 1),
+  "batch_size": 100,
+  "learning_rate": 0.1,
+  "decay": 5e-4,
+  "fgsm_examples": 1000,
+  "corruption_examples": 500,
+  "corruptions": None,  # all 15
+}
+QUICK = {
+  "labels_per_class": 100,
+  "epochs": 1,
+  "seeds": (0,),
+  "methods": ("vanilla", "mixup"),
+  "fgsm_examples": 500,
+  "corruption_examples": 100,
+}
+FGSM_KEY = "4/255"  # pixel-space epsilon reported in the table
+HEADLINE = (
+  ("test_top1", "test top-1 (%)"),
+  ("ece", "ECE (%)"),
+  ("fgsm_top1", f"FGSM {FGSM_KEY} top-1 (%)"),
+  ("corruption_top1", "mean corruption top-1 (%)"),
+)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------
+# Settings
+
+
+@dataclasses.dataclass
+class Settings:
+  """Everything that defines the benchmark (saved with the results)."""
+
+  data_dir: str
+  root_dir: str
+  out_dir: str
+  labels_per_class: int
+  epochs: int
+  seeds: tuple
+  methods: tuple
+  widths: tuple
+  blocks: tuple
+  batch_size: int
+  learning_rate: float
+  decay: float
+  fgsm_examples: int
+  corruption_examples: int
+  corruptions: Optional[tuple]
+
+
+def balanced_indices(labels: np.ndarray, n: int, num_classes: int, seed: int = 1234) -> np.ndarray:
+  """``n`` test indices, ``n // num_classes`` per class, from a fixed shuffle (sorted)."""
+  per = n // num_classes
+  order = np.random.default_rng(seed).permutation(len(labels))
+  picked = [order[labels[order] == c][:per] for c in range(num_classes)]
+  return np.sort(np.concatenate(picked))
+
+
+def train_config(s: Settings, method: str, seed: int):
+  """The ``jaxmix.train.TrainConfig`` of one benchmark run."""
+  from jaxmix.train import TrainConfig
+
+  return TrainConfig(
+    dataset="cifar10",
+    data_dir=os.path.abspath(s.data_dir),
+    root_dir=s.root_dir,
+    job_id=f"{method}_seed{seed}",
+    labels_per_class=s.labels_per_class,
+    valid_labels_per_class=0,
+    arch="preactresnet_small",
+    model_kwargs={"widths": list(s.widths), "blocks": list(s.blocks)},
+    train=method,
+    loss="ce",
+    epochs=s.epochs,
+    batch_size=s.batch_size,
+    optimizer="sgd",
+    learning_rate=s.learning_rate,
+    momentum=0.9,
+    nesterov=True,
+    decay=s.decay,
+    lr_schedule="cosine",
+    schedule=(),
+    step_factors=(),
+    crop_padding=2,
+    flip=True,
+    seed=seed,
+    num_devices=1,
+    jsd=method == "ipmix",  # IPMix's seed recipe trains with the JSD loss (its README)
+    max_eval_examples=100,
+    print_freq=10_000,
+  )
+
+
+# ----------------------------------------------------------------------------
+# One run
+
+
+def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
+  """Trains (or resumes / skips) and evaluates one run; returns its record."""
+  from jaxmix import evaluate as jeval
+  from jaxmix import train as jtrain
+
+  cfg = train_config(s, method, seed)
+  run_dir = cfg.run_dir()
+  eval_path = os.path.join(run_dir, "eval.json")
+  timing_path = os.path.join(run_dir, "bench_timing.json")
+  if os.path.exists(eval_path) and os.path.exists(os.path.join(run_dir, "summary.json")):
+    with open(eval_path) as f:
+      return json.load(f)
+
+  t0, c0 = time.perf_counter(), time.process_time()
+  summary = jtrain.train(cfg)
+  train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+  timing = {"train_wall_s": train_wall, "train_cpu_s": train_cpu, "train_seconds_in_summary": summary.get("train_seconds")}
+  if os.path.exists(timing_path):  # resumed / finished earlier: keep the first measurement
+    with open(timing_path) as f:
+      timing = json.load(f) | {"resumed": True}
+  else:
+    with open(timing_path, "w") as f:
+      json.dump(timing, f)
+
+  t1, c1 = time.perf_counter(), time.process_time()
+  logits_fn, data, _ = jtrain.restore_for_eval(run_dir)
+  images, labels = test
+  cache = os.path.join(s.root_dir, "eval_cache")
+  clean = jeval.evaluate_all(
+    logits_fn, images, labels, mean=data.mean, std=data.std, batch_size=500, fgsm=False, deformed=False, corruptions=False
+  )
+  idx = balanced_indices(labels, s.fgsm_examples, data.num_classes)
+  fgsm = jeval.evaluate_all(
+    logits_fn, images[idx], labels[idx], mean=data.mean, std=data.std, batch_size=100, fgsm=True, deformed=False, corruptions=False
+  )
+  idx_c = balanced_indices(labels, s.corruption_examples, data.num_classes)
+  corr = jeval.evaluate_all(
+    logits_fn,
+    images[idx_c],
+    labels[idx_c],
+    mean=data.mean,
+    std=data.std,
+    batch_size=100,
+    fgsm=False,
+    deformed=False,
+    corruptions=True,
+    corruption_subset=list(s.corruptions) if s.corruptions else None,
+    cache_dir=cache,
+  )
+  eval_wall, eval_cpu = time.perf_counter() - t1, time.process_time() - c1
+  record = {
+    "method": method,
+    "seed": seed,
+    "run_dir": run_dir,
+    "hparams": summary.get("hparams"),
+    "jsd": cfg.jsd,
+    "test_top1": clean["clean"]["top1"],
+    "ece": clean["clean"]["ece"],
+    "rms_calibration_error": clean["clean"]["rms_calibration_error"],
+    "test_n": clean["n_examples"],
+    "fgsm_top1": fgsm["fgsm"]["pixel"][FGSM_KEY]["top1"],
+    "fgsm_clean_top1": fgsm["clean"]["top1"],
+    "fgsm_n": fgsm["n_examples"],
+    "fgsm": fgsm["fgsm"],
+    "corruption_top1": corr["corruptions"]["mean_top1"],
+    "corruption_clean_top1": corr["clean"]["top1"],
+    "corruption_n": corr["n_examples"],
+    "corruptions": {k: v["top1"] for k, v in corr["corruptions"]["per_corruption"].items()},
+    "timing": timing | {"eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu},
+  }
+  with open(eval_path, "w") as f:
+    json.dump(record, f, indent=2)
+  log(
+    f"cpu_benchmark: {method} seed {seed}: top1 {record['test_top1']:.2f}  ECE {record['ece']:.2f}  "
+    f"FGSM {record['fgsm_top1']:.2f}  corr {record['corruption_top1']:.2f}  "
+    f"(train {timing['train_wall_s']:.0f}s wall / {timing['train_cpu_s']:.0f}s CPU, eval {eval_wall:.0f}s)"
+  )
+  return record
+
+
+def measure_steps(s: Settings, methods: Sequence[str], steps: int = 8, log=print) -> dict:
+  """Times the jitted train step of each method on the benchmark's model and batch.
+
+  Builds the step exactly as ``jaxmix.train.train`` does (same config), runs 2
+  warm-up steps (compilation) and then ``steps`` timed steps on real batches.
+
+  Returns:
+    ``{method: {"wall_s_per_step", "cpu_s_per_step", "compile_wall_s"}}``; CPU
+    seconds count every thread of the process, so on a shared machine they are a
+    better proxy for the time on a quiet one than the wall clock.
+  """
+  import jax
+
+  from jaxmix import data as jdata
+  from jaxmix import models
+  from jaxmix import train as jtrain
+  from jaxmix import train_step as ts
+
+  out = {}
+  for method in methods:
+    cfg = train_config(s, method, 0)
+    data = jtrain._load_data(cfg)
+    mesh = jax.make_mesh((1,), (ts.AXIS,), devices=jax.devices()[:1])
+    model = models.get_model(cfg.arch, data.num_classes, **cfg.model_kwargs)
+    spe = jdata.steps_per_epoch(data.train, cfg.batch_size)
+    state = ts.init_state(
+      model, jtrain.make_optimizer(cfg, spe), jax.random.key(0), data.train.images.shape[1:], seed_key=jax.random.key(0)
+    )
+    step = ts.make_train_step(model, jtrain._step_config(cfg, data), mesh, per_device_batch=cfg.batch_size)
+    key = np.array(jax.device_get(state.rng))
+    batches = jdata.train_batches(data.train, batch_size=cfg.batch_size, seed=0, epoch=0, crop_padding=cfg.crop_padding, flip=cfg.flip)
+    batches = [next(batches) for _ in range(min(spe, steps + 2))]
+    t0 = time.perf_counter()
+    for b in batches[:2]:
+      state, metrics = step(state, b, key)
+    jax.block_until_ready(metrics)
+    compile_wall = time.perf_counter() - t0
+    n = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    while n < steps:
+      for b in batches[2:]:
+        state, metrics = step(state, b, key)
+        n += 1
+        if n == steps:
+          break
+    jax.block_until_ready(metrics)
+    wall, cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+    out[method] = {"wall_s_per_step": wall, "cpu_s_per_step": cpu, "compile_wall_s": compile_wall}
+    log(f"cpu_benchmark --measure: {method:15s} {wall:6.3f} s/step wall  {cpu:6.3f} s/step CPU  (compile+2 steps {compile_wall:.0f}s)")
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Aggregation and outputs
+
+
+def aggregate(records: Sequence[dict], methods: Sequence[str]) -> dict:
+  """Per method: mean, sd (ddof=1, 0 for one seed), min, max and n of each headline metric."""
+  out = {}
+  for m in methods:
+    rs = [r for r in records if r["method"] == m]
+    if not rs:
+      continue
+    entry = {"n_seeds": len(rs), "seeds": [r["seed"] for r in rs]}
+    for key, _ in HEADLINE:
+      v = np.asarray([r[key] for r in rs], np.float64)
+      entry[key] = {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "values": v.tolist(),
+      }
+    entry["train_wall_s_mean"] = float(np.mean([r["timing"]["train_wall_s"] for r in rs]))
+    entry["train_cpu_s_mean"] = float(np.mean([r["timing"]["train_cpu_s"] for r in rs]))
+    entry["eval_wall_s_mean"] = float(np.mean([r["timing"]["eval_wall_s"] for r in rs]))
+    out[m] = entry
+  return out
+
+
+def markdown_table(agg: dict, meta: dict) -> str:
+  s = meta["settings"]
+  lines = [
+    f"# {meta['title']}",
+    "",
+    f"- date: {meta['date']}; machine: {meta['machine']}; load average at start: {meta['loadavg_start']}",
+    f"- command: `{meta['command']}`",
+    f"- CIFAR-10 (real JPEGs), {s['labels_per_class']} training images per class ({10 * s['labels_per_class']} total), "
+    f"`preactresnet_small` widths {list(s['widths'])} blocks {list(s['blocks'])}, {s['epochs']} epochs, batch {s['batch_size']}, "
+    f"SGD Nesterov lr {s['learning_rate']} cosine, wd {s['decay']}, CE, crop pad 2 + flip; seeds {list(s['seeds'])}",
+    f"- test top-1 / ECE on the full test set (10,000); FGSM (pixel space, eps {FGSM_KEY}) on {s['fgsm_examples']} and "
+    f"mean corruption accuracy (generated, 15 corruptions x 5 severities) on {s['corruption_examples']} class-balanced test images",
+    "- values: mean ± sd over seeds (sd with ddof=1; n = number of seeds)",
+    "",
+    "| method | n | " + " | ".join(label for _, label in HEADLINE) + " | train time / run (s, wall) |",
+    "| --- | --- | " + " | ".join("---" for _ in HEADLINE) + " | --- |",
+  ]
+  for m, e in agg.items():
+    cells = [f"{e[k]['mean']:.2f} ± {e[k]['sd']:.2f}" for k, _ in HEADLINE]
+    lines.append(f"| {m} | {e['n_seeds']} | " + " | ".join(cells) + f" | {e['train_wall_s_mean']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, records: Sequence[dict], path: str, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  methods = list(agg)
+  fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.2 * len(HEADLINE), 4.2), constrained_layout=True)
+  x = np.arange(len(methods))
+  for ax, (key, label) in zip(axes, HEADLINE, strict=True):
+    means = [agg[m][key]["mean"] for m in methods]
+    sds = [agg[m][key]["sd"] for m in methods]
+    ax.bar(x, means, yerr=sds, color="#7aa6c2", edgecolor="#2b4c63", capsize=3)
+    for i, m in enumerate(methods):
+      vals = [r[key] for r in records if r["method"] == m]
+      ax.scatter(np.full(len(vals), i), vals, color="k", s=10, zorder=3)
+    ax.set_xticks(x, methods, rotation=45, ha="right")
+    ax.set_title(label)
+    lo = min(min(agg[m][key]["min"] for m in methods), min(means) - max(sds, default=0))
+    hi = max(agg[m][key]["max"] for m in methods)
+    pad = 0.1 * (hi - lo) + 0.5
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    ax.grid(axis="y", alpha=0.3)
+  fig.suptitle(title)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_outputs(s: Settings, records: list, meta: dict) -> dict:
+  os.makedirs(s.out_dir, exist_ok=True)
+  agg = aggregate(records, s.methods)
+  with open(os.path.join(s.out_dir, "runs.json"), "w") as f:
+    json.dump(records, f, indent=2)
+  with open(os.path.join(s.out_dir, "summary.json"), "w") as f:
+    json.dump({"meta": meta, "methods": agg}, f, indent=2)
+  with open(os.path.join(s.out_dir, "table.md"), "w") as f:
+    f.write(markdown_table(agg, meta))
+  if agg:
+    plot(agg, records, os.path.join(s.out_dir, "plot.png"), meta["title"])
+  return agg
+
+
+def _machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m experiments.cpu_benchmark", description=__doc__.split("\n")[0])
+  p.add_argument("--data_dir", required=True, help="CIFAR-10 in class-folder layout (e.g. ../shared/data/cifar10)")
+  p.add_argument("--root_dir", default=None, help="run directories (default: runs/cpu_benchmark[_quick])")
+  p.add_argument("--out_dir", default=None, help="results (default: experiments/results/cpu_benchmark[_smoke])")
+  p.add_argument("--quick", action="store_true", help=f"smoke settings: {QUICK}")
+  p.add_argument("--report_only", action="store_true", help="aggregate the finished runs without training")
+  p.add_argument("--measure", action="store_true", help="only time the train step of each method and project the full run")
+  p.add_argument("--labels_per_class", type=int, default=None)
+  p.add_argument("--epochs", type=int, default=None)
+  p.add_argument("--seeds", type=int, nargs="+", default=None)
+  p.add_argument("--methods", nargs="+", default=None, help="registry names (default: all registered)")
+  p.add_argument("--widths", type=int, nargs=4, default=None)
+  p.add_argument("--blocks", type=int, nargs=4, default=None)
+  p.add_argument("--batch_size", type=int, default=None)
+  p.add_argument("--learning_rate", type=float, default=None)
+  p.add_argument("--decay", type=float, default=None)
+  p.add_argument("--fgsm_examples", type=int, default=None)
+  p.add_argument("--corruption_examples", type=int, default=None)
+  p.add_argument("--corruptions", nargs="+", default=None, help="subset of corruption names (default all 15)")
+  return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+  from jaxmix import METHODS
+
+  values = dict(DEFAULTS)
+  if args.quick:
+    values.update(QUICK)
+  for k in values:
+    v = getattr(args, k, None)
+    if v is not None:
+      values[k] = v
+  methods = tuple(values["methods"] or METHODS)
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"--methods {unknown} are not registered; known: {', '.join(METHODS)}.")
+  suffix = "_quick" if args.quick else ""
+  return Settings(
+    data_dir=args.data_dir,
+    root_dir=args.root_dir or os.path.join("runs", "cpu_benchmark" + suffix),
+    out_dir=args.out_dir or os.path.join(_HERE, "results", "cpu_benchmark" + ("_smoke" if args.quick else "")),
+    labels_per_class=int(values["labels_per_class"]),
+    epochs=int(values["epochs"]),
+    seeds=tuple(int(x) for x in values["seeds"]),
+    methods=methods,
+    widths=tuple(values["widths"]),
+    blocks=tuple(values["blocks"]),
+    batch_size=int(values["batch_size"]),
+    learning_rate=float(values["learning_rate"]),
+    decay=float(values["decay"]),
+    fgsm_examples=int(values["fgsm_examples"]),
+    corruption_examples=int(values["corruption_examples"]),
+    corruptions=tuple(values["corruptions"]) if values["corruptions"] else None,
+  )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = build_parser().parse_args(argv)
+  try:
+    s = settings_from_args(args)
+  except ValueError as e:
+    print(f"cpu_benchmark: {e}", file=sys.stderr)
+    return 2
+  from jaxmix import data as jdata
+
+  if args.measure:
+    return _measure_main(s)
+  meta = {
+    "title": "jaxmix CPU-scale benchmark" + (" (SMOKE RUN: --quick settings, not a result)" if args.quick else ""),
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "machine": _machine(),
+    "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    "command": "python -m experiments.cpu_benchmark " + shlex.join(argv),
+    "settings": dataclasses.asdict(s),
+  }
+  old = os.path.join(s.out_dir, "summary.json")
+  if args.report_only and os.path.exists(old):  # keep when / how the runs were made
+    with open(old) as f:
+      meta = json.load(f)["meta"] | {"reaggregated": meta["date"]}
+  full = jdata.load("cifar10", s.data_dir)
+  test = (np.asarray(full.test.images), np.asarray(full.test.labels))
+  records = []
+  t0 = time.perf_counter()
+  for seed in s.seeds:
+    for method in s.methods:
+      if args.report_only:
+        path = os.path.join(train_config(s, method, seed).run_dir(), "eval.json")
+        if os.path.exists(path):
+          with open(path) as f:
+            records.append(json.load(f))
+        continue
+      records.append(run_one(s, method, seed, test))
+      write_outputs(s, records, meta | {"elapsed_s": time.perf_counter() - t0})  # partial results after each run
+  if not args.report_only:
+    meta["elapsed_s"] = time.perf_counter() - t0
+  meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+  agg = write_outputs(s, records, meta)
+  print(markdown_table(agg, meta))
+  print(f"cpu_benchmark: wrote {s.out_dir}/{{runs.json,summary.json,table.md,plot.png}} ({time.perf_counter() - t0:.0f}s)")
+  return 0
+
+
+def _measure_main(s: Settings) -> int:
+  """Per-step timings and the projected duration of the full benchmark."""
+  timings = measure_steps(s, s.methods)
+  spe = (10 * s.labels_per_class) // s.batch_size
+  steps = spe * s.epochs
+  proj = {m: steps * t["cpu_s_per_step"] for m, t in timings.items()}
+  total = len(s.seeds) * sum(proj.values())
+  print(f"{spe} steps/epoch x {s.epochs} epochs = {steps} steps per run; load average {os.getloadavg()[0]:.2f}")
+  for m, v in proj.items():
+    print(f"  {m:15s} training ~{v:6.0f} CPU-s per run")
+  print(f"projected training total over {len(s.seeds)} seed(s): {total:.0f} CPU-s ({total / 3600:.2f} h at 1 core-equivalent)")
+  os.makedirs(s.out_dir, exist_ok=True)
+  with open(os.path.join(s.out_dir, "measure.json"), "w") as f:
+    json.dump(
+      {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "loadavg": os.getloadavg(),
+        "timings": timings,
+        "steps_per_run": steps,
+        "projected_train_cpu_s": proj,
+        "settings": dataclasses.asdict(s),
+      },
+      f,
+      indent=2,
+    )
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

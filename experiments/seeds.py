@@ -1,0 +1,276 @@
+"""Every training command of the seed READMEs as a ``jaxmix train`` entry, with the papers' numbers.
+
+Each :class:`Experiment` holds the ``jaxmix train`` flags of one seed command
+(without ``--data_dir`` / ``--root_dir`` / ``--job_id``, which the runner adds), the
+numbers the paper or README reports for it (``expected``, in percent) and where
+each number comes from (``source``). A number that could not be read from a public
+source is left out and the ``source`` says so; none is invented.
+
+Seed repositories and how their flags map onto ``jaxmix train``:
+
+* **PatchUp** (``chandar-lab/PatchUp`` README): the commands are PatchUp's
+  ``main.py`` flags, which ``jaxmix train`` accepts as they are. CIFAR-100 / SVHN
+  change only ``--dataset`` and ``--labels_per_class`` / ``--valid_labels_per_class``
+  (README "CIFAR-100" / "SVHN" sections); SVHN also gets ``--cutout 20`` (README note)
+  and ``--flip False`` (PatchUp's ``data_loader.py`` crops SVHN without flipping,
+  ALGORITHMS.md §11.1).
+* **Patch Augmentation** (``mdbloice/Patch-Augmentation`` notebooks, §11.6): Keras
+  ResNet20v1 / ResNet29v2, Adam 1e-3 with the notebook's per-epoch schedule, L2 1e-4
+  on conv kernels in the loss, categorical CE, batch 128, 200 epochs, no crop/flip.
+  Deviation: the notebooks subtract the per-pixel mean image; jaxmix normalises
+  with the per-channel CIFAR mean/std.
+* **Puzzle Mix** (``snu-mllab/PuzzleMix`` README, §8.3 / §11.1): CIFAR-100 with the
+  full training set (``--labels_per_class 500``, no validation split), batch 100.
+  PuzzleMix's ``--train mixup --graph True`` is ``--train puzzlemix``; its
+  ``--beta`` is ``--pm_beta``; ``--gammas`` is ``--step_factors``; ``--train
+  mixup_hidden`` is ``manifold_mixup``; ``--box True`` (CutMix applied to every
+  batch) is ``cutmix --cutmix_prob 1.0``.
+* **IPMix** (``hzlsaber/IPMix`` README + ``cifar.py`` defaults, §9.5 / §11.5): JSD
+  on, SGD Nesterov 0.1, wd 5e-4, batch 128, 100 epochs, per-step cosine decay,
+  crop padding 4, CE. Deviations: jaxmix has no WRN-40-4 (IPMix's default model), so
+  the entries use WRN-28-10 and PreActResNet-18 (IPMix also released WRN-28-10 and
+  ResNet-18 weights); no dropout; normalisation by CIFAR mean/std instead of 0.5/0.5;
+  the mixing set is whatever ``jaxmix.ipmix`` uses by default (procedural fractals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+# ----------------------------------------------------------------------------
+# Where the expected numbers come from.
+
+SRC_PATCHUP = (
+  "PatchUp paper (Faramarzi et al., AAAI 2022, arXiv:2006.07794) Tables 1-4: not readable through the "
+  "project's search tool (only the abstract is stored); the PatchUp README gives no numbers. Left empty."
+)
+SRC_PA_README = (
+  "mdbloice/Patch-Augmentation README (current version, as stored at github.com/mdbloice/Patch-Augmentation): "
+  "table 'test set accuracy' (Dataset | Model | No Augmentation | Patch Augmentation). The notebooks report the "
+  "max test accuracy over epochs (ALGORITHMS.md 11.6)."
+)
+SRC_PA_README_C100 = (
+  "mdbloice/Patch-Augmentation README: ResNet20v1 CIFAR-100 baseline 44.08% (table); the Patch Augmentation cell "
+  "is cut off in the stored copy, the README text says 'improves a baseline accuracy of about 45% to over 61%'. "
+  "Only the baseline is filled in."
+)
+SRC_PA_NONE = "mdbloice/Patch-Augmentation README: the stored copy of its table is cut off before this row. Left empty."
+SRC_PM_README = (
+  "snu-mllab/PuzzleMix README, 'Download Checkpoints and Test': the released adversarial Puzzle Mix PreActResNet18 "
+  "CIFAR-100 checkpoint has 80.34% clean test accuracy and 42.89% accuracy against FGSM with 8/255 l-inf epsilon."
+)
+SRC_PM_PWC = (
+  "Papers with Code entry of the Puzzle Mix paper (ICML 2020): CIFAR-100, WRN28-10, 'Percentage correct' 84.05 "
+  "(the listing does not say which epoch budget / variant; the paper's own tables were not readable)."
+)
+SRC_PM_NONE = "Puzzle Mix paper (Kim et al., ICML 2020) Table 1/2: not readable through the project's search tool. Left empty."
+SRC_IPMIX_NONE = (
+  "IPMix paper (Huang et al., NeurIPS 2023) tables: not readable through the project's search tool; the IPMix README "
+  "gives no numbers. Left empty."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """One seed command as a ``jaxmix train`` entry.
+
+  Attributes:
+    name: unique name (also the run directory name under ``--root_dir``).
+    seed_repo: the repository whose README / notebook the command comes from.
+    argv: ``jaxmix train`` flags, without ``--data_dir`` / ``--root_dir`` / ``--job_id``.
+    expected: metric -> value in percent reported by the paper / README
+      (``"test_top1"``, ``"fgsm_8_255_top1"``); empty when not found.
+    source: where each expected number comes from (or why it is empty).
+    note: deviations or remarks.
+  """
+
+  name: str
+  seed_repo: str
+  argv: tuple
+  expected: Mapping[str, float]
+  source: str
+  note: str = ""
+
+
+def _split(cmd: str) -> tuple:
+  return tuple(cmd.split())
+
+
+# ----------------------------------------------------------------------------
+# PatchUp
+
+
+_PU_DATA = {
+  "cifar10": "--dataset cifar10 --labels_per_class 5000 --valid_labels_per_class 500",
+  "cifar100": "--dataset cifar100 --labels_per_class 500 --valid_labels_per_class 50",
+  "svhn": "--dataset svhn --labels_per_class 7325 --valid_labels_per_class 733 --flip False",
+}
+_PU_ARCH = {
+  "preactresnet18": "--arch preactresnet18 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1",
+  "preactresnet34": "--arch preactresnet34 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1",
+  "wrn28_10": "--arch wrn28_10 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1",
+}
+_PU_COMMON = "--learning_rate 0.1 --momentum 0.9 --decay 0.0001"
+
+
+def _pu_method(method: str, dataset: str, arch: str, *, gamma_soft: float = 0.75) -> str:
+  cutout = 20 if dataset == "svhn" else (8 if arch == "wrn28_10" else 16)
+  return {
+    "patchup_soft": f"--train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma {gamma_soft}",
+    "patchup_hard": "--train patchup --alpha 2.0 --patchup_type hard --patchup_block 7 --patchup_prob 0.7 --gamma 0.5",
+    "manifold_mixup": "--train manifold_mixup --alpha 1.5",
+    "cutmix": "--train cutmix --cutmix_prob 0.4",
+    "cutout": f"--train cutout --cutout {cutout}",
+    "mixup": "--train mixup --alpha 1.0",
+    "dropblock": "--train dropblock --drop_block 7 --keep_prob 0.9 --drop_block_all True",
+    "vanilla": "--train vanilla",
+  }[method]
+
+
+PATCHUP_METHODS = ("patchup_soft", "patchup_hard", "manifold_mixup", "cutmix", "cutout", "mixup", "dropblock", "vanilla")
+
+
+def _patchup_entries():
+  for dataset in _PU_DATA:
+    for arch in _PU_ARCH:
+      for method in PATCHUP_METHODS:
+        cmd = f"{_PU_DATA[dataset]} {_PU_ARCH[arch]} {_PU_COMMON} {_pu_method(method, dataset, arch)}"
+        yield Experiment(f"patchup.{dataset}.{arch}.{method}", "chandar-lab/PatchUp", _split(cmd), {}, SRC_PATCHUP)
+  # Deformed images: README example is CIFAR-100 WRN-28-10 Soft PatchUp with gamma 0.25 and
+  # --affine_test; "use the above as a pattern" for the other methods.
+  for method in PATCHUP_METHODS:
+    cmd = f"{_PU_DATA['cifar100']} {_PU_ARCH['wrn28_10']} {_PU_COMMON} {_pu_method(method, 'cifar100', 'wrn28_10', gamma_soft=0.25)}"
+    yield Experiment(
+      f"patchup.deformed.cifar100.wrn28_10.{method}",
+      "chandar-lab/PatchUp",
+      _split(cmd + " --affine_test True"),
+      {},
+      SRC_PATCHUP,
+      "deformed test sets (PatchUp README 'Experiments on Deformed Images'); generated by jaxmix.deform, no load_data.py step",
+    )
+  # FGSM: README example is CIFAR-10 PreActResNet18 Soft PatchUp with gamma 0.25 and --fsgm_attack True.
+  for method in PATCHUP_METHODS:
+    cmd = (
+      f"{_PU_DATA['cifar10']} {_PU_ARCH['preactresnet18']} {_PU_COMMON} {_pu_method(method, 'cifar10', 'preactresnet18', gamma_soft=0.25)}"
+    )
+    yield Experiment(
+      f"patchup.fgsm.cifar10.preactresnet18.{method}",
+      "chandar-lab/PatchUp",
+      _split(cmd + " --fsgm_attack True"),
+      {},
+      SRC_PATCHUP,
+      "FGSM as PatchUp (normalised-space eps 0..0.2, batch-wide clamp), PatchUp README 'Robustness to Adversarial Examples'",
+    )
+
+
+# ----------------------------------------------------------------------------
+# Patch Augmentation (Keras notebooks)
+
+# lr = 1e-3, x0.1 after epoch 100, 1e-2 after 140, 1e-3 after 180, 5e-4 after 190 (0-based
+# Keras epochs, 'epoch > 100' -> from epoch 101); jaxmix's factors multiply cumulatively.
+_PA_COMMON = (
+  "--optimizer adam --learning_rate 0.001 --decay 0 --l2_conv 1e-4 --loss ce --batch_size 128 --epochs 200 "
+  "--schedule 101 141 181 191 --step_factors 0.1 0.1 0.1 0.5 --crop_padding 0 --flip False"
+)
+# CIFAR-10: the README table does not say which hyper-parameters; use PatchAugmentation.py's class
+# defaults (p=1.0, 0.1..0.9, the registry defaults). CIFAR-100: notebook cell 28 (p=0.9, 0.3..0.8).
+_PA_HP = {"cifar10": "", "cifar100": "--patch_prob 0.9 --patch_min_dim 0.3 --patch_max_dim 0.8"}
+_PA_EXPECTED = {
+  ("cifar10", "resnet20v1"): ({"test_top1": 80.86}, {"test_top1": 89.33}, SRC_PA_README),
+  ("cifar10", "resnet29v2"): ({"test_top1": 83.15}, {"test_top1": 91.19}, SRC_PA_README),
+  ("cifar100", "resnet20v1"): ({"test_top1": 44.08}, {}, SRC_PA_README_C100),
+  ("cifar100", "resnet29v2"): ({}, {}, SRC_PA_NONE),
+}
+
+
+def _patch_augment_entries():
+  for dataset in ("cifar10", "cifar100"):
+    for arch in ("resnet20v1", "resnet29v2"):
+      base, pa, src = _PA_EXPECTED[(dataset, arch)]
+      note = "reported numbers are max test accuracy over epochs; per-pixel mean subtraction replaced by per-channel mean/std"
+      pa_cmd = f"--dataset {dataset} --arch {arch} {_PA_COMMON} --train patch_augment {_PA_HP[dataset]}"
+      yield Experiment(f"patch_augment.{dataset}.{arch}.patch_augment", "mdbloice/Patch-Augmentation", _split(pa_cmd), pa, src, note)
+      van_cmd = f"--dataset {dataset} --arch {arch} {_PA_COMMON} --train vanilla"
+      yield Experiment(f"patch_augment.{dataset}.{arch}.vanilla", "mdbloice/Patch-Augmentation", _split(van_cmd), base, src, note)
+
+
+# ----------------------------------------------------------------------------
+# Puzzle Mix
+
+_PM_DATA = "--dataset cifar100 --labels_per_class 500 --batch_size 100 --momentum 0.9 --decay 0.0001"
+_PM_BUDGETS = {
+  ("preactresnet18", "long"): "--arch preactresnet18 --learning_rate 0.1 --epochs 1200 --schedule 400 800 --step_factors 0.1 0.1",
+  ("preactresnet18", "short"): "--arch preactresnet18 --learning_rate 0.2 --epochs 600 --schedule 350 500 --step_factors 0.1 0.1",
+  ("wrn28_10", "long"): "--arch wrn28_10 --learning_rate 0.1 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1",
+  ("wrn28_10", "short"): "--arch wrn28_10 --learning_rate 0.2 --epochs 200 --schedule 120 170 --step_factors 0.1 0.1",
+}
+_PM_EPOCHS = {("preactresnet18", "long"): 1200, ("preactresnet18", "short"): 600, ("wrn28_10", "long"): 400, ("wrn28_10", "short"): 200}
+_PM_FLAGS = (
+  "--train puzzlemix --alpha 1.0 --n_labels 3 --eta 0.2 --pm_beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_size 4 --t_eps 0.8"
+)
+_PM_ADV = "--adv_p 0.1 --adv_eps 10.0"
+_PM_BASELINES = {
+  "vanilla": "--train vanilla",
+  "mixup": "--train mixup --alpha 1.0",
+  "manifold_mixup": "--train manifold_mixup --alpha 2.0",
+  "cutmix": "--train cutmix --alpha 1.0 --cutmix_prob 1.0",
+}
+
+
+def _puzzlemix_entries():
+  note = "graph-free Puzzle Mix (ALGORITHMS.md 8.4); PuzzleMix reports the median test accuracy of the last 10 epochs"
+  for arch in ("preactresnet18", "wrn28_10"):
+    for budget in ("long", "short"):
+      epochs = _PM_EPOCHS[(arch, budget)]
+      expected, src = {}, SRC_PM_NONE
+      if arch == "wrn28_10" and budget == "long":
+        expected, src = {"test_top1": 84.05}, SRC_PM_PWC
+      cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, budget)]} {_PM_FLAGS}"
+      yield Experiment(f"puzzlemix.cifar100.{arch}.puzzlemix_{epochs}ep", "snu-mllab/PuzzleMix", _split(cmd), expected, src, note)
+    long_epochs = _PM_EPOCHS[(arch, "long")]
+    expected, src = {}, SRC_PM_NONE
+    if arch == "preactresnet18":
+      expected, src = {"test_top1": 80.34, "fgsm_8_255_top1": 42.89}, SRC_PM_README
+    cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, 'long')]} {_PM_FLAGS} {_PM_ADV} --fsgm_attack True"
+    yield Experiment(
+      f"puzzlemix.cifar100.{arch}.puzzlemix_adv_{long_epochs}ep",
+      "snu-mllab/PuzzleMix",
+      _split(cmd),
+      expected,
+      src,
+      note + "; adversarial variant (adv_p 0.1, adv_eps 10/255); FGSM 8/255 is in summary.json robustness.fgsm.pixel",
+    )
+    for method, flags in _PM_BASELINES.items():
+      cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, 'long')]} {flags}"
+      yield Experiment(f"puzzlemix.cifar100.{arch}.{method}_{long_epochs}ep", "snu-mllab/PuzzleMix", _split(cmd), {}, SRC_PM_NONE)
+
+
+# ----------------------------------------------------------------------------
+# IPMix
+
+_IPMIX_COMMON = (
+  "--train ipmix --jsd True --loss ce --optimizer sgd --learning_rate 0.1 --momentum 0.9 --nesterov True --decay 5e-4 "
+  "--batch_size 128 --epochs 100 --lr_schedule cosine --crop_padding 4 --eval_batch_size 1000"
+)
+
+
+def _ipmix_entries():
+  note = "no WRN-40-4 in jaxmix (IPMix's default); no dropout; CIFAR mean/std normalisation; procedural mixing set"
+  for dataset in ("cifar10", "cifar100"):
+    for arch in ("wrn28_10", "preactresnet18"):
+      cmd = f"--dataset {dataset} --arch {arch} {_IPMIX_COMMON}"
+      yield Experiment(f"ipmix.{dataset}.{arch}.ipmix", "hzlsaber/IPMix", _split(cmd), {}, SRC_IPMIX_NONE, note)
+    cmd = f"--dataset {dataset} --arch wrn28_10 {_IPMIX_COMMON.replace('--jsd True', '--jsd False')}"
+    yield Experiment(
+      f"ipmix.{dataset}.wrn28_10.ipmix_nojsd", "hzlsaber/IPMix", _split(cmd), {}, SRC_IPMIX_NONE, note + "; README's --no-jsd"
+    )
+
+
+def all_experiments() -> tuple:
+  """Every seed command, in a fixed order (PatchUp, Patch Augmentation, Puzzle Mix, IPMix)."""
+  return (*_patchup_entries(), *_patch_augment_entries(), *_puzzlemix_entries(), *_ipmix_entries())
+
+
+EXPERIMENTS: tuple = all_experiments()
+BY_NAME: Mapping[str, Experiment] = {e.name: e for e in EXPERIMENTS}

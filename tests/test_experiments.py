@@ -1,0 +1,267 @@
+"""Tests of ``experiments/``: the seed commands, the runner and the CPU benchmark helpers (no training)."""
+
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import jaxmix  # noqa: E402
+from experiments import cpu_benchmark as cb  # noqa: E402
+from experiments import run as runner  # noqa: E402
+from experiments import seeds  # noqa: E402
+from jaxmix import train as jtrain  # noqa: E402
+
+
+def _method_of(exp):
+  return exp.argv[exp.argv.index("--train") + 1]
+
+
+def _parse(exp, extra=()):
+  return runner.config(exp, data_dir="/data", root_dir="/tmp/root", extra=extra)
+
+
+def _parseable(exp):
+  if _method_of(exp) not in jaxmix.METHODS:
+    pytest.skip(f"method {_method_of(exp)!r} is not registered yet")
+  return _parse(exp)
+
+
+def test_names_unique_and_counts_per_seed_repo():
+  names = [e.name for e in seeds.EXPERIMENTS]
+  assert len(names) == len(set(names))
+  counts = {}
+  for e in seeds.EXPERIMENTS:
+    counts[e.seed_repo] = counts.get(e.seed_repo, 0) + 1
+  # PatchUp: 3 datasets x 3 archs x 8 methods + 8 deformed + 8 FGSM; Patch Augmentation: 2 x 2 x 2;
+  # Puzzle Mix: 2 archs x (2 budgets + adversarial + 4 baselines); IPMix: 2 datasets x (2 archs + no-JSD).
+  assert counts == {"chandar-lab/PatchUp": 88, "mdbloice/Patch-Augmentation": 8, "snu-mllab/PuzzleMix": 14, "hzlsaber/IPMix": 6}
+
+
+def test_patchup_grid_is_complete():
+  grid = {tuple(e.name.split(".")[1:]) for e in seeds.EXPERIMENTS if e.seed_repo == "chandar-lab/PatchUp" and len(e.name.split(".")) == 4}
+  want = set(itertools.product(("cifar10", "cifar100", "svhn"), ("preactresnet18", "preactresnet34", "wrn28_10"), seeds.PATCHUP_METHODS))
+  assert grid == want
+
+
+@pytest.mark.parametrize("exp", seeds.EXPERIMENTS, ids=lambda e: e.name)
+def test_every_entry_parses_into_a_valid_config(exp):
+  cfg = _parseable(exp)
+  assert isinstance(cfg, jtrain.TrainConfig)
+  assert cfg.train in jaxmix.METHODS
+  assert cfg.arch in jtrain.ARCHS
+  assert cfg.job_id == exp.name and cfg.root_dir == "/tmp/root" and cfg.data_dir == "/data"
+  assert cfg.run_dir() == os.path.join("/tmp/root", exp.name)
+  assert len(cfg.schedule) == len(cfg.step_factors)
+  # every method flag reached a hyper-parameter the registry op knows (Puzzle Mix's adversarial
+  # flags belong to puzzlemix_train_batch, the training-loop wrapper of the op)
+  known = set(jaxmix.METHODS[cfg.train].defaults) | ({"adv_p", "adv_eps"} if cfg.train == "puzzlemix" else set())
+  assert set(cfg.hparams) <= known, (cfg.hparams, known)
+  jtrain.make_optimizer(cfg, steps_per_epoch=10)  # raises on an inconsistent optimiser / schedule
+  for key, value in exp.expected.items():
+    assert key in ("test_top1", "fgsm_8_255_top1") and 0 < value <= 100
+  assert exp.source
+
+
+def test_patchup_known_flags():
+  soft = _parse(seeds.BY_NAME["patchup.cifar10.preactresnet18.patchup_soft"])
+  assert (soft.epochs, soft.schedule, soft.step_factors) == (2000, (500, 1000, 1500), (0.1, 0.1, 0.1))
+  assert (soft.labels_per_class, soft.valid_labels_per_class, soft.loss, soft.crop_padding, soft.flip) == (5000, 500, "bce", 2, True)
+  assert soft.hparams == {"mode": "soft", "block_size": 7, "prob": 1.0, "gamma": 0.75}
+  hard = _parse(seeds.BY_NAME["patchup.cifar100.wrn28_10.patchup_hard"])
+  assert (hard.dataset, hard.labels_per_class, hard.valid_labels_per_class, hard.epochs, hard.schedule) == (
+    "cifar100",
+    500,
+    50,
+    400,
+    (200, 300),
+  )
+  assert hard.hparams == {"mode": "hard", "block_size": 7, "prob": 0.7, "gamma": 0.5}
+  svhn = _parse(seeds.BY_NAME["patchup.svhn.preactresnet34.cutout"])
+  assert (svhn.dataset, svhn.flip, svhn.hparams, svhn.labels_per_class) == ("svhn_cropped", False, {"size": 20}, 7325)
+  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.cutout"]).hparams == {"size": 8}
+  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.manifold_mixup"]).hparams == {"alpha": 1.5}
+  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.cutmix"]).hparams == {"prob": 0.4}
+  db = _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.dropblock"])
+  assert db.hparams == {"block_size": 7, "keep_prob": 0.9, "drop_block_all": True}
+  deformed = _parse(seeds.BY_NAME["patchup.deformed.cifar100.wrn28_10.patchup_soft"])
+  assert deformed.affine_test and deformed.hparams["gamma"] == 0.25 and not deformed.fsgm_attack
+  fgsm = _parse(seeds.BY_NAME["patchup.fgsm.cifar10.preactresnet18.patchup_soft"])
+  assert fgsm.fsgm_attack and fgsm.hparams["gamma"] == 0.25 and not fgsm.affine_test
+
+
+def _keras_lr(epoch):
+  """The Patch Augmentation notebook's ``lr_schedule`` (reference)."""
+  lr = 1e-3
+  if epoch > 190:
+    lr *= 0.5e-3
+  elif epoch > 180:
+    lr *= 1e-3
+  elif epoch > 140:
+    lr *= 1e-2
+  elif epoch > 100:
+    lr *= 1e-1
+  return lr
+
+
+@pytest.mark.parametrize("name", ["patch_augment.cifar10.resnet20v1.patch_augment", "patch_augment.cifar100.resnet29v2.vanilla"])
+def test_patch_augment_recipe_matches_keras_notebook(name):
+  cfg = _parse(seeds.BY_NAME[name])
+  assert (cfg.optimizer, cfg.decay, cfg.l2_conv, cfg.loss, cfg.crop_padding, cfg.flip, cfg.batch_size, cfg.epochs) == (
+    "adam",
+    0.0,
+    1e-4,
+    "ce",
+    0,
+    False,
+    128,
+    200,
+  )
+  for epoch in range(cfg.epochs):
+    lr = cfg.learning_rate * np.prod([f for e, f in zip(cfg.schedule, cfg.step_factors, strict=True) if epoch >= e])
+    assert lr == pytest.approx(_keras_lr(epoch), rel=1e-9), epoch
+
+
+def test_patch_augment_hparams_per_dataset():
+  assert _parse(seeds.BY_NAME["patch_augment.cifar10.resnet29v2.patch_augment"]).hparams == {}
+  c100 = _parse(seeds.BY_NAME["patch_augment.cifar100.resnet20v1.patch_augment"])
+  assert c100.hparams == {"prob": 0.9, "min_dim": 0.3, "max_dim": 0.8}
+  assert seeds.BY_NAME["patch_augment.cifar10.resnet20v1.patch_augment"].expected == {"test_top1": 89.33}
+
+
+def test_puzzlemix_entries():
+  adv = seeds.BY_NAME["puzzlemix.cifar100.preactresnet18.puzzlemix_adv_1200ep"]
+  assert adv.expected == {"test_top1": 80.34, "fgsm_8_255_top1": 42.89}
+  cfg = _parseable(adv)
+  assert (cfg.dataset, cfg.labels_per_class, cfg.valid_labels_per_class, cfg.batch_size, cfg.loss) == ("cifar100", 500, 0, 100, "bce")
+  assert (cfg.epochs, cfg.schedule, cfg.learning_rate, cfg.fsgm_attack) == (1200, (400, 800), 0.1, True)
+  assert cfg.hparams["adv_p"] == 0.1 and cfg.hparams["adv_eps"] == 10.0 and cfg.hparams["t_size"] == 4
+  assert cfg.hparams["beta"] == 1.2 and cfg.hparams["gamma"] == 0.5 and cfg.hparams["eta"] == 0.2
+  short = _parse(seeds.BY_NAME["puzzlemix.cifar100.wrn28_10.cutmix_400ep"])
+  assert short.hparams == {"alpha": 1.0, "prob": 1.0} and short.epochs == 400
+
+
+def test_ipmix_entries():
+  cfg = _parseable(seeds.BY_NAME["ipmix.cifar10.wrn28_10.ipmix"])
+  assert (cfg.jsd, cfg.lr_schedule, cfg.decay, cfg.crop_padding, cfg.loss, cfg.batch_size, cfg.epochs) == (
+    True,
+    "cosine",
+    5e-4,
+    4,
+    "ce",
+    128,
+    100,
+  )
+  assert not _parse(seeds.BY_NAME["ipmix.cifar100.wrn28_10.ipmix_nojsd"]).jsd
+
+
+def test_extra_flags_override():
+  cfg = _parse(seeds.BY_NAME["patchup.cifar10.preactresnet18.vanilla"], extra=["--epochs", "2", "--max_steps_per_epoch", "3"])
+  assert (cfg.epochs, cfg.max_steps_per_epoch) == (2, 3)
+
+
+def test_select_patterns():
+  got = runner.select(["patchup.cifar10.*.mixup"])
+  assert [e.name for e in got] == [f"patchup.cifar10.{a}.mixup" for a in ("preactresnet18", "preactresnet34", "wrn28_10")]
+  with pytest.raises(ValueError, match="matches no experiment"):
+    runner.select(["nope.*"])
+
+
+def test_dry_run_prints_commands(capsys):
+  names = ["patchup.cifar10.wrn28_10.patchup_hard", "patch_augment.cifar10.resnet20v1.vanilla"]
+  assert runner.main(["--only", *names, "--dry_run", "--data_dir", "/d", "--root_dir", "/r", "--", "--epochs", "1"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2
+  for line, name in zip(lines, names, strict=True):
+    assert line.startswith("jaxmix train ")
+    assert f"--job_id {name}" in line and "--data_dir /d" in line and "--root_dir /r" in line and line.endswith("--epochs 1")
+  argv = lines[0].split()[2:]
+  args = jtrain.build_parser().parse_args(argv)
+  assert jtrain.config_from_args(args).hparams == {"mode": "hard", "block_size": 7, "prob": 0.7, "gamma": 0.5}
+
+
+def test_runner_list_and_refusals(capsys):
+  assert runner.main(["--list", "--only", "puzzlemix.*"]) == 0
+  out = capsys.readouterr().out
+  assert "fgsm_8_255_top1 42.89" in out and "snu-mllab/PuzzleMix: 14" in out
+  assert runner.main([]) == 2  # no --only: refuses to run everything
+  assert runner.main(["--only", "nope"]) == 2
+
+
+def test_report_reads_summaries(tmp_path, capsys):
+  name = "puzzlemix.cifar100.preactresnet18.puzzlemix_adv_1200ep"
+  os.makedirs(tmp_path / name)
+  summary = {"test": {"top1": 79.5}, "robustness": {"fgsm": {"pixel": {"8/255": {"top1": 40.25}}}}}
+  (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+  assert runner.main(["--report", "--only", name, "puzzlemix.cifar100.wrn28_10.vanilla_400ep", "--root_dir", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert f"| {name} | test_top1 80.34, fgsm_8_255_top1 42.89 | 79.50 | 40.25 | finished |" in out
+  assert "| puzzlemix.cifar100.wrn28_10.vanilla_400ep | - |  |  | not run |" in out
+
+
+# ----------------------------------------------------------------------------
+# CPU benchmark helpers
+
+
+def test_balanced_indices():
+  labels = np.repeat(np.arange(10), 1000)  # class-sorted, as the class-folder test set
+  idx = cb.balanced_indices(labels, 500, 10)
+  assert len(idx) == 500 and len(np.unique(idx)) == 500
+  assert np.bincount(labels[idx], minlength=10).tolist() == [50] * 10
+  assert np.array_equal(idx, cb.balanced_indices(labels, 500, 10))
+
+
+def _record(method, seed, top1, ece=2.0, fgsm=10.0, corr=50.0):
+  return {
+    "method": method,
+    "seed": seed,
+    "test_top1": top1,
+    "ece": ece,
+    "fgsm_top1": fgsm,
+    "corruption_top1": corr,
+    "timing": {"train_wall_s": 100.0 + seed, "train_cpu_s": 150.0, "eval_wall_s": 20.0},
+  }
+
+
+def test_aggregate_known_answer():
+  recs = [_record("vanilla", 0, 60.0), _record("vanilla", 1, 62.0), _record("mixup", 0, 58.0)]
+  agg = cb.aggregate(recs, ("vanilla", "mixup", "cutmix"))
+  assert list(agg) == ["vanilla", "mixup"]
+  v = agg["vanilla"]["test_top1"]
+  assert v["mean"] == pytest.approx(61.0) and v["sd"] == pytest.approx(np.sqrt(2.0)) and (v["min"], v["max"]) == (60.0, 62.0)
+  assert agg["mixup"]["test_top1"]["sd"] == 0.0 and agg["mixup"]["n_seeds"] == 1
+  assert agg["vanilla"]["train_wall_s_mean"] == pytest.approx(100.5)
+
+
+def test_outputs_written(tmp_path):
+  recs = [_record("vanilla", 0, 60.0), _record("vanilla", 1, 62.0), _record("mixup", 0, 58.0, fgsm=12.0)]
+  args = cb.build_parser().parse_args(["--data_dir", "/d", "--quick", "--out_dir", str(tmp_path), "--root_dir", str(tmp_path / "r")])
+  s = cb.settings_from_args(args)
+  assert (s.methods, s.seeds, s.epochs) == (("vanilla", "mixup"), (0,), 1)
+  meta = {"title": "t", "date": "d", "machine": "m", "loadavg_start": "0", "command": "c", "settings": cb.dataclasses.asdict(s)}
+  cb.write_outputs(s, recs, meta)
+  table = (tmp_path / "table.md").read_text()
+  assert "| vanilla | 2 | 61.00 ± 1.41 |" in table and "| mixup | 1 | 58.00 ± 0.00 |" in table
+  assert json.loads((tmp_path / "summary.json").read_text())["methods"]["mixup"]["fgsm_top1"]["mean"] == 12.0
+  assert len(json.loads((tmp_path / "runs.json").read_text())) == 3
+  assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_configs_are_valid(tmp_path):
+  args = cb.build_parser().parse_args(["--data_dir", "/d", "--root_dir", str(tmp_path)])
+  s = cb.settings_from_args(args)
+  assert s.methods == tuple(jaxmix.METHODS) and len(s.seeds) >= 2
+  for method in s.methods:
+    cfg = cb.train_config(s, method, 1)
+    assert cfg.train == method and cfg.arch == "preactresnet_small" and cfg.labels_per_class == s.labels_per_class
+    assert cfg.jsd == (method == "ipmix") and cfg.valid_labels_per_class == 0
+    assert cfg.run_dir() == os.path.join(str(tmp_path), f"{method}_seed1")
+    jtrain.make_optimizer(cfg, 10)
+  with pytest.raises(ValueError, match="not registered"):
+    cb.settings_from_args(cb.build_parser().parse_args(["--data_dir", "/d", "--methods", "vanilla", "nosuch"]))
