@@ -334,3 +334,16 @@ def test_sample_lam_exact_special_cases(alpha):
   lam = jax.jit(jax.vmap(lambda k: hidden_ops.sample_lam(k, alpha)))(jax.random.split(jax.random.key(20), 3000))
   assert stats.kstest(np.asarray(lam), stats.beta(alpha, alpha).cdf).pvalue > 1e-3
   assert float(hidden_ops.sample_lam(jax.random.key(0), 0.0)) == 1.0
+
+
+def test_ops_vmap_equals_loop_and_jit_equals_eager():
+  keys = jax.random.split(jax.random.key(21), 3)
+  h = H[:, :8, :8]  # [B, 8, 8, C] per key: vmap over keys of whole-batch ops
+  vm = jax.vmap(lambda k: jaxmix.patchup(k, h, Y, mode="soft", block_size=3).images)(keys)
+  loop = jnp.stack([jaxmix.patchup(k, h, Y, mode="soft", block_size=3).images for k in keys])
+  np.testing.assert_allclose(vm, loop, rtol=1e-6, atol=1e-6)
+  drop = lambda k: jaxmix.dropblock(k, h, block_size=3, keep_prob=0.7)  # noqa: E731
+  np.testing.assert_allclose(jax.jit(drop)(keys[0]), drop(keys[0]), rtol=1e-6)
+  np.testing.assert_array_equal(drop(keys[0]), drop(keys[0]))
+  mm = lambda k: jaxmix.manifold_mixup(k, h, Y).images  # noqa: E731
+  np.testing.assert_allclose(jax.jit(mm)(keys[1]), mm(keys[1]), rtol=1e-6, atol=1e-6)

@@ -212,3 +212,17 @@ def test_hidden_mix_validation():
     hook.hidden_mix(jax.random.key(0), Y_INT, method="patchup")
   with pytest.raises(TypeError):
     hook.hidden_mix(jax.random.key(0), Y, method="dropblock", alpha=1.0)
+
+
+def test_stem_stride_two_for_64px_inputs():
+  model = models.get_model("preactresnet18", 200, stem_stride=2)
+  seen = {}
+
+  def record(site, h, carry):
+    seen[site] = h.shape
+    return h, carry
+
+  x = jnp.zeros((1, 64, 64, 3))
+  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x, mix=record, carry=None))
+  assert out[0].shape == (1, 200) and seen["conv1"] == (1, 32, 32, 64) and seen["layer3"] == (1, 8, 8, 256)
+  assert models.count_params(model, (1, 64, 64, 3)) == _preact((2, 2, 2, 2), 200)
