@@ -8,9 +8,10 @@ machine hits them alike; the table gives the median over all calls.
 
 Baselines measured in the same run:
 
-* ``copy a+b``: a jitted ``a + b`` of two batches, which reads two batches and writes
-  one, the memory traffic of an op that mixes a batch with its partner.
-* ``gather x[perm]``: a jitted gather of a permuted batch (reads one, writes one).
+* ``bound: a + b`` and ``bound: 0.3 a + 0.7 b``: jitted elementwise ops on two batches,
+  which read two batches and write one, the memory traffic of an op that mixes a batch
+  with its partner; the faster of the two is the bound the ratios use.
+* ``bound: x[perm]``: a jitted gather of a permuted batch (reads one, writes one).
 * timm (optional, ``pip install torch==2.13.0`` then ``pip install --no-deps timm``,
   see benchmarks/README.md): ``timm.data.mixup.Mixup`` in batch and elem mode on
   the same batch in NCHW, with ``torch.set_num_threads(2)``. timm mixes in place.
@@ -61,8 +62,9 @@ def _jax_cases(shape, full: bool):
   keys = [jax.random.key(i) for i in range(16)]
 
   cases = {
-    "copy a+b (bound)": (jax.jit(lambda a, b: a + b), lambda i: (images, other)),
-    "gather x[perm]": (jax.jit(lambda a, p: a[p]), lambda i: (images, perm)),
+    "bound: a + b": (jax.jit(lambda a, b: a + b), lambda i: (images, other)),
+    "bound: 0.3 a + 0.7 b": (jax.jit(lambda a, b: 0.3 * a + 0.7 * b), lambda i: (images, other)),
+    "bound: x[perm]": (jax.jit(lambda a, p: a[p]), lambda i: (images, perm)),
   }
   for name, op in OPS.items():
     if full:
@@ -131,8 +133,10 @@ def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool):
 
 
 def _table(shape, ms):
-  copy = ms["copy a+b (bound)"]
-  rows = [f"### {shape} float32", "", "| case | ms / batch | x copy bound | x timm batch mode |", "|---|---:|---:|---:|"]
+  # The memory bound of an op that reads two batches and writes one: the faster of the
+  # two-input elementwise baselines (XLA:CPU's plain ``a + b`` is often the slower one).
+  copy = min(ms["bound: a + b"], ms["bound: 0.3 a + 0.7 b"])
+  rows = [f"### {shape} float32", "", "| case | ms / batch | x bound | x timm batch mode |", "|---|---:|---:|---:|"]
   for name, value in ms.items():
     base = name.split(" ")[0]
     timm = ms.get(f"timm {base} (batch)")
@@ -144,7 +148,7 @@ def _table(shape, ms):
       checks.append(f"{op}: per_sample / per-batch = {ms[f'{op} per_sample'] / ms[op]:.2f} (goal <= 1.1)")
     if f"timm {op} (batch)" in ms:
       checks.append(f"{op}: jaxmix / timm batch = {ms[op] / ms[f'timm {op} (batch)']:.2f} (goal <= 0.5)")
-    checks.append(f"{op}: jaxmix / copy bound = {ms[op] / copy:.2f} (goal at 224: <= 2)")
+    checks.append(f"{op}: jaxmix / bound = {ms[op] / copy:.2f} (goal at 224: <= 2)")
   return "\n".join(rows + [""] + [f"- {c}" for c in checks])
 
 
@@ -158,7 +162,8 @@ def main(argv=None) -> None:
   print(
     f"# jaxmix input-op benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
     f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-    f"load average {os.getloadavg()[0]:.2f}, rounds {args.rounds}, outputs {'full MixResult' if args.full else 'images + labels'}\n"
+    f"load average {os.getloadavg()[0]:.2f}, rounds {args.rounds}, outputs {'full MixResult' if args.full else 'images + labels'}, "
+    f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}\n"
   )
   for shape_name in args.shapes.split(","):
     shape = SHAPES[shape_name]
