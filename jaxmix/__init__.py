@@ -1,12 +1,14 @@
 """jaxmix: mixing-based data augmentation for JAX / Flax, pure and jit/vmap clean."""
 
-from jaxmix import data, models
+from jaxmix import data, fractals, image_ops, models
 from jaxmix.compose import maybe_apply, switch
 from jaxmix.core import MixResult, one_hot
 from jaxmix.hidden_ops import dropblock, dropblock_schedule, manifold_mixup, patchup
 from jaxmix.hook import hidden_mix
 from jaxmix.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
+from jaxmix.ipmix import ipmix, ipmix_views, jsd_loss
 from jaxmix.losses import bce_on_softmax, softmax_cross_entropy
+from jaxmix.puzzlemix import puzzlemix, puzzlemix_train_batch, saliency
 from jaxmix.registry import METHODS, Method, get_method
 
 __version__ = "0.1.0"
@@ -21,8 +23,13 @@ __all__ = (
   "data",
   "dropblock",
   "dropblock_schedule",
+  "fractals",
   "get_method",
   "hidden_mix",
+  "image_ops",
+  "ipmix",
+  "ipmix_views",
+  "jsd_loss",
   "manifold_mixup",
   "maybe_apply",
   "mixup",
@@ -30,6 +37,9 @@ __all__ = (
   "one_hot",
   "patch_augment",
   "patchup",
+  "puzzlemix",
+  "puzzlemix_train_batch",
+  "saliency",
   "softmax_cross_entropy",
   "switch",
   "vanilla",

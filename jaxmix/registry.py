@@ -6,6 +6,8 @@ import types
 from typing import Any, Callable, Mapping, NamedTuple
 
 from jaxmix import hidden_ops, input_ops
+from jaxmix.ipmix import ipmix as ipmix_op
+from jaxmix.puzzlemix import puzzlemix as puzzlemix_op
 
 SITES = ("input", "hidden", "saliency", "label_preserving")
 
@@ -60,6 +62,20 @@ def _entries():
     "hidden",
     {"block_size": 7, "keep_prob": 0.9, "drop_block_all": True},
     "Ghiasi et al., DropBlock, NeurIPS 2018",
+  )
+  yield Method(
+    "ipmix",
+    ipmix_op,
+    "label_preserving",
+    {"k": 3, "depth": 3, "beta": 3.0, "severity": 3},
+    "Huang et al., IPMix, NeurIPS 2023",
+  )
+  yield Method(
+    "puzzlemix",
+    puzzlemix_op,
+    "saliency",
+    {"alpha": 1.0, "beta": 1.2, "gamma": 0.5, "eta": 0.2, "neigh_size": 4, "n_labels": 3, "transport": True, "t_eps": 0.8, "t_size": -1},
+    "Kim et al., Puzzle Mix, ICML 2020",
   )
 
 

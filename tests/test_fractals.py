@@ -1,0 +1,59 @@
+"""The procedural IFS fractal mixing set: deterministic, colourful, not trivial."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmix import fractals
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def pictures():
+  return np.asarray(fractals.generate(0, N, 32))
+
+
+def test_shape_range_and_determinism(pictures):
+  assert pictures.shape == (N, 32, 32, 3)
+  assert pictures.dtype == np.float32
+  assert pictures.min() >= 0.0 and pictures.max() <= 1.0
+  np.testing.assert_array_equal(pictures, np.asarray(fractals.generate(0, N, 32)))
+  np.testing.assert_array_equal(pictures, np.asarray(fractals.generate(jax.random.key(0), N, 32)))
+  other = np.asarray(fractals.generate(1, N, 32))
+  assert np.mean(np.abs(other - pictures)) > 0.05
+
+
+def test_pictures_are_not_trivial(pictures):
+  lit = pictures.max(-1) > 0.05
+  coverage = lit.mean((1, 2))
+  assert np.all(coverage > 0.02) and np.all(coverage < 0.95), coverage  # neither empty nor a flat fill
+  assert np.all(pictures.std((1, 2, 3)) > 0.05)
+  # Colourful: on lit pixels the channels differ (grey would give chroma 0).
+  chroma = (pictures.max(-1) - pictures.min(-1))[lit]
+  assert chroma.mean() > 0.15
+  # Distinct hues across pictures, and no two pictures alike.
+  mean_colour = np.stack([pictures[i][lit[i]].mean(0) for i in range(N)])
+  assert mean_colour.std(0).mean() > 0.05
+  diffs = [np.abs(pictures[i] - pictures[j]).mean() for i in range(N) for j in range(i)]
+  assert min(diffs) > 0.02
+
+
+def test_larger_pictures():
+  big = np.asarray(fractals.generate(5, 2, 64))
+  assert big.shape == (2, 64, 64, 3)
+  assert np.all((big.max(-1) > 0.05).mean((1, 2)) > 0.02)
+
+
+def test_default_mixing_set_is_cached_uint8():
+  first = fractals.default_mixing_set(36)
+  assert first is fractals.default_mixing_set(36)
+  assert first.shape == (fractals.DEFAULT_COUNT, 36, 36, 3) and first.dtype == np.uint8
+  assert first.std() > 10
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 0}, {"size": 4}, {"n_points": 0}])
+def test_bad_arguments_raise(kwargs):
+  args = {"n": 2, "size": 32, **kwargs}
+  with pytest.raises(ValueError, match=next(iter(kwargs))):
+    fractals.generate(0, **args)
