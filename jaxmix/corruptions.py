@@ -191,6 +191,35 @@ def _poisson(key, rate: np.ndarray) -> np.ndarray:
   return np.where(rate > 0, stats.poisson.ppf(u, np.maximum(rate, 1e-300)), 0.0)
 
 
+def _poisson_uint8(key, u8: np.ndarray, c: float) -> np.ndarray:
+  """``Poisson(u8 / 255 * c)`` for uint8 pixels: the CDF inverted through one table per level.
+
+  Only 256 rates occur, so each pixel's count is ``searchsorted(CDF(rate), u)``; the
+  (rare) uniforms beyond the tabulated tail fall back to ``scipy.stats.poisson.ppf``.
+  """
+  from scipy import stats
+
+  flat = np.asarray(u8).reshape(-1)
+  u = _uniform(key, flat.shape)
+  out = np.zeros(flat.shape, np.float64)
+  order = np.argsort(flat, kind="stable")
+  bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=256))])
+  for v in range(1, 256):
+    lo, hi = bounds[v], bounds[v + 1]
+    if lo == hi:
+      continue
+    idx = order[lo:hi]
+    rate = v / 255.0 * c
+    kmax = int(rate + 12.0 * math.sqrt(rate) + 30)
+    cdf = stats.poisson.cdf(np.arange(kmax + 1), rate)
+    k = np.searchsorted(cdf, u[idx], side="left").astype(np.float64)
+    tail = k > kmax
+    if tail.any():
+      k[tail] = stats.poisson.ppf(u[idx][tail], rate)
+    out[idx] = k
+  return out.reshape(np.shape(u8))
+
+
 # ----------------------------------------------------------------------------
 # Helpers re-implemented from the libraries make_cifar_c.py calls
 
@@ -479,8 +508,7 @@ def _gaussian_noise(key, u8, c):
 
 
 def _shot_noise(key, u8, c):
-  x = u8 / 255.0
-  counts = _poisson(key, x * c)
+  counts = _poisson_uint8(key, u8, c)  # Poisson(x c) with x = u8 / 255
   return np.clip(counts / c, 0, 1) * 255
 
 

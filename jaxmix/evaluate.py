@@ -464,7 +464,7 @@ def _deformed_all(logits_fn, images, labels, *, mean, std, batch_size, cache_dir
 
 
 def _corruptions_all(
-  logits_fn, images, labels, *, mean, std, batch_size, cache_dir, seed, subset, cifar_c_dir, tfds_name, max_examples
+  logits_fn, images, labels, *, mean, std, batch_size, cache_dir, seed, subset, cifar_c_dir, tfds_name, max_examples, frost_textures
 ) -> dict:
   from jaxmix import corruptions as jc
 
@@ -475,7 +475,7 @@ def _corruptions_all(
     sets, c_labels = jc.load_tfds_corrupted(tfds_name, names=subset, max_examples=max_examples)
     source = f"tfds:{tfds_name}"
   else:
-    sets = jc.corrupted_test_sets(images, names=subset, seed=seed, cache_dir=cache_dir)
+    sets = jc.corrupted_test_sets(images, names=subset, seed=seed, cache_dir=cache_dir, frost_textures=frost_textures)
     c_labels = np.broadcast_to(np.asarray(labels), (5, len(labels)))
     source = "generated (jaxmix.corruptions; see its docstring for approximations)"
   per = {}
@@ -511,6 +511,7 @@ def evaluate_all(
   corruption_subset: Optional[Sequence[str]] = None,
   cifar_c_dir: Optional[str] = None,
   tfds_corrupted: Optional[str] = None,
+  frost_textures: Optional[Sequence[np.ndarray]] = None,
   cache_dir: Optional[str] = None,
   max_examples: Optional[int] = None,
   seed: int = 0,
@@ -540,6 +541,8 @@ def evaluate_all(
     cifar_c_dir: folder of real ``<corruption>.npy`` + ``labels.npy`` files
       (CIFAR-10-C / CIFAR-100-C); when given, used instead of generated ones.
     tfds_corrupted: a tfds name such as ``"cifar10_corrupted"`` to load instead.
+    frost_textures: the frost photographs of the robustness repo (uint8 arrays),
+      replacing the generator's procedural frost texture.
     cache_dir: where generated deformed / corrupted sets are cached (``None``: no
       cache).
     max_examples: evaluate on the first N test examples only.
@@ -621,6 +624,7 @@ def evaluate_all(
         cifar_c_dir=cifar_c_dir,
         tfds_name=tfds_corrupted,
         max_examples=max_examples,
+        frost_textures=frost_textures,
       ),
     )
   return _jsonable(result)
@@ -661,9 +665,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--corruptions", nargs="+", default=None, help="subset of corruptions (default all 15)")
   p.add_argument("--cifar_c_dir", default=None, help="folder with real CIFAR-10-C / CIFAR-100-C .npy files")
   p.add_argument("--tfds_corrupted", default=None, help="tfds name, e.g. cifar10_corrupted (needs the data prepared)")
-  p.add_argument("--cache_dir", default=None, help="cache of generated sets (default: RUN_DIR/eval_cache)")
+  p.add_argument("--frost_dir", default=None, help="folder with the robustness repo's frost1.png .. frost6.jpg (real frost)")
+  p.add_argument(
+    "--cache_dir",
+    default=None,
+    help="cache of generated deformed / corrupted sets, shared between runs (default: $JAXMIX_EVAL_CACHE or ~/.cache/jaxmix/eval)",
+  )
   p.add_argument("--seed", type=int, default=0, help="seed of the generated sets and of PGD")
   return p
+
+
+def default_cache_dir() -> str:
+  """``$JAXMIX_EVAL_CACHE`` or ``~/.cache/jaxmix/eval``: generated sets are keyed by a
+  fingerprint of the test images and the seed, so runs on the same data share them."""
+  return os.environ.get("JAXMIX_EVAL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxmix", "eval")
 
 
 def cli_main(argv: Sequence[str]) -> int:
@@ -694,7 +709,8 @@ def cli_main(argv: Sequence[str]) -> int:
     corruption_subset=args.corruptions,
     cifar_c_dir=args.cifar_c_dir,
     tfds_corrupted=args.tfds_corrupted,
-    cache_dir=args.cache_dir or os.path.join(args.checkpoint, "eval_cache"),
+    frost_textures=_load_frost(args.frost_dir) if args.frost_dir else None,
+    cache_dir=args.cache_dir or default_cache_dir(),
     max_examples=args.max_examples,
     seed=args.seed,
     log=lambda s: print(s, flush=True),
@@ -707,6 +723,18 @@ def cli_main(argv: Sequence[str]) -> int:
   print(format_summary(metrics))
   print(f"jaxmix eval: wrote {out}")
   return 0
+
+
+def _load_frost(directory: str) -> list:
+  """The frost photographs ``frost1.png, frost2.png, frost3.png, frost4.jpg, ...`` in numeric order."""
+  import glob
+
+  from PIL import Image
+
+  paths = sorted(glob.glob(os.path.join(directory, "frost*.*")), key=lambda p: os.path.basename(p))
+  if not paths:
+    raise FileNotFoundError(f"no frost*.png / frost*.jpg in {directory}")
+  return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
 def format_summary(metrics: dict) -> str:

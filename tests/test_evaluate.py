@@ -1,12 +1,14 @@
 """Tests of jaxmix.evaluate: metrics, calibration, FGSM / PGD, evaluate_all and the eval CLI."""
 
 import json
+import os
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxmix import evaluate as ev
 
@@ -319,6 +321,8 @@ def test_evaluate_all_rejects_bad_input():
 def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
   from jaxmix import train
 
+  monkeypatch.setenv("JAXMIX_EVAL_CACHE", str(tmp_path / "cache"))
+
   images, labels = _data(n=12, seed=7)
   data = types.SimpleNamespace(test=types.SimpleNamespace(images=images, labels=labels), mean=MEAN, std=STD, num_classes=K)
   seen = {}
@@ -329,31 +333,35 @@ def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
 
   monkeypatch.setattr(train, "restore_for_eval", fake_restore)
   out = tmp_path / "m.json"
-  code = ev.cli_main(
-    ["--checkpoint", str(tmp_path), "--out", str(out), "--max_examples", "8", "--corruptions", "contrast", "--batch_size", "4"]
-  )
+  frost = tmp_path / "frost"
+  frost.mkdir()
+  Image.fromarray(np.full((60, 70, 3), 100, np.uint8)).save(frost / "frost1.png")
+  argv = ["--checkpoint", str(tmp_path), "--out", str(out), "--max_examples", "8", "--batch_size", "4"]
+  code = ev.cli_main(argv + ["--corruptions", "contrast", "frost", "--frost_dir", str(frost)])
   assert code == 0 and seen["run_dir"] == str(tmp_path)
   metrics = json.loads(out.read_text())
   assert metrics["n_examples"] == 8
   assert set(metrics) >= {"clean", "fgsm", "deformed", "corruptions", "checkpoint"}
+  assert set(metrics["corruptions"]["per_corruption"]) == {"contrast", "frost"}
   assert "FGSM" in capsys.readouterr().out
   code = ev.cli_main(["--checkpoint", str(tmp_path), "--no_corruptions", "--no_deformed", "--no_fgsm"])
   assert code == 0
   default = json.loads((tmp_path / "eval_metrics.json").read_text())
   assert set(default) == {"n_examples", "batch_size", "seconds", "clean", "checkpoint"}
+  # Generated sets went to the shared cache, not the run directory.
+  assert any(f.startswith("deformed_") for f in os.listdir(tmp_path / "cache"))
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_on_a_trained_run(tmp_path):
+def test_cli_end_to_end_on_a_trained_run(tmp_path, monkeypatch):
   """``jaxmix train`` (one tiny epoch on the real CIFAR-10 zips) then ``jaxmix eval --checkpoint``."""
-  import os
-
   from conftest import CIFAR_DIR
 
   from jaxmix import train
 
   if not os.path.exists(os.path.join(CIFAR_DIR, "test.zip")):
     pytest.skip("CIFAR-10 zips not available")
+  monkeypatch.setenv("JAXMIX_EVAL_CACHE", str(tmp_path / "cache"))
   args = ["--dataset", "cifar10", "--data_dir", CIFAR_DIR, "--labels_per_class", "2", "--valid_labels_per_class", "1"]
   args += ["--arch", "preactresnet_small", "--model_kwargs", json.dumps({"widths": [4, 4, 8, 8], "blocks": [1, 1, 1, 1]})]
   args += ["--batch_size", "10", "--epochs", "1", "--eval_batch_size", "50", "--max_eval_examples", "50", "--train", "mixup"]
