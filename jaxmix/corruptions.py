@@ -869,10 +869,10 @@ def load_tfds_corrupted(
     per_sev, per_lab = [], []
     for s in severities:
       _check_severity(s)
-      ds = tfds.load(f"{dataset}/{TFDS_NAMES[name]}_{int(s)}", split=split, batch_size=-1, data_dir=data_dir, download=False)
-      ds = tfds.as_numpy(ds)
-      per_sev.append(np.asarray(ds["image"], np.uint8))
-      per_lab.append(np.asarray(ds["label"], np.int32))
+      ds = tfds.load(f"{dataset}/{TFDS_NAMES[name]}_{int(s)}", split=split, data_dir=data_dir, download=False)
+      batches = list(tfds.as_numpy(ds.batch(1000)))
+      per_sev.append(np.concatenate([np.asarray(b["image"], np.uint8) for b in batches])[:max_examples])
+      per_lab.append(np.concatenate([np.asarray(b["label"], np.int32) for b in batches])[:max_examples])
     out[name] = np.stack(per_sev)
     labels = np.stack(per_lab) if labels is None else labels
   return out, labels
