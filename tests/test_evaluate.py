@@ -189,9 +189,9 @@ def test_fgsm_pixel_and_pgd_stay_in_bounds():
   free = (x01 > 0.05) & (x01 < 0.95)
   np.testing.assert_allclose((adv - x01)[free], (eps * np.sign(np.asarray(g)))[free], atol=1e-6)
 
-  run = jax.jit(lambda k, z: ev.pgd_pixel(k, linear_logits, z, y, epsilon=4 / 255, step_size=2 / 255, num_steps=5, mean=MEAN, std=STD))
-  a = np.asarray(run(jax.random.key(0), x01))
-  b = np.asarray(run(jax.random.key(0), x01))
+  pgd = dict(epsilon=4 / 255, step_size=2 / 255, num_steps=5, mean=MEAN, std=STD)
+  a = np.asarray(ev.pgd_pixel(jax.random.key(0), linear_logits, x01, y, **pgd))
+  b = np.asarray(ev.pgd_pixel(jax.random.key(0), linear_logits, x01, y, **pgd))
   np.testing.assert_array_equal(a, b)
   assert a.min() >= 0.0 and a.max() <= 1.0
   assert np.all(np.abs(a - x01) <= 4 / 255 + 1e-6)
