@@ -264,3 +264,55 @@ def test_load_cifar_c_folder(tmp_path):
   os.remove(tmp_path / "labels.npy")
   with pytest.raises(FileNotFoundError, match="labels"):
     jc.load_cifar_c(str(tmp_path))
+
+
+def _opencv_version():
+  cv2 = pytest.importorskip("cv2")
+  return cv2, tuple(int(p) for p in cv2.__version__.split(".")[:2])
+
+
+def test_matches_opencv_and_scikit_image(cifar):
+  """Bit-exact against the libraries make_cifar_c.py calls (runs where they are installed)."""
+  cv2, version = _opencv_version()
+  skimage = pytest.importorskip("skimage")
+  from skimage.filters import gaussian
+
+  x = cifar / 255.0
+  # defocus_blur: the disk of make_cifar_c.py and cv2.filter2D.
+  for s, (radius, blur) in enumerate(jc.PARAMS["defocus_blur"], 1):
+    grid = np.arange(-8, 9)
+    xx, yy = np.meshgrid(grid, grid)
+    disk = np.array((xx**2 + yy**2) <= radius**2, dtype=np.float32)
+    disk = cv2.GaussianBlur(disk / disk.sum(), ksize=(3, 3), sigmaX=blur)
+    ref = [np.stack([cv2.filter2D(img[:, :, d], -1, disk) for d in range(3)], -1) for img in x]
+    np.testing.assert_array_equal(jc.corrupt(jax.random.key(0), cifar, "defocus_blur", severity=s), np.uint8(np.clip(ref, 0, 1) * 255))
+  # brightness: scikit-image's HSV round trip.
+  for s, c in enumerate(jc.PARAMS["brightness"], 1):
+    hsv = skimage.color.rgb2hsv(x)
+    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+    ref = np.uint8(np.clip(skimage.color.hsv2rgb(hsv), 0, 1) * 255)
+    np.testing.assert_array_equal(jc.corrupt(jax.random.key(0), cifar, "brightness", severity=s), ref)
+  # glass_blur: scikit-image gaussian and the official (view-copying) swap loop, same shifts.
+  for s, (sigma, delta, iters) in enumerate(jc.PARAMS["glass_blur"], 1):
+    key = jax.random.key(s)
+    positions = [(h, w) for h in range(32 - delta, delta, -1) for w in range(32 - delta, delta, -1)]
+    shifts = jc._randint(key, (iters, len(positions), len(cifar), 2), -delta, delta)
+    ref = []
+    for b, img in enumerate(cifar):
+      g = np.uint8(gaussian(img / 255.0, sigma=sigma, channel_axis=-1) * 255)
+      for i in range(iters):
+        for p, (h, w) in enumerate(positions):
+          dx, dy = shifts[i, p, b]
+          g[h, w], g[h + dy, w + dx] = g[h + dy, w + dx], g[h, w]
+      ref.append(np.uint8(np.clip(gaussian(g / 255.0, sigma=sigma, channel_axis=-1), 0, 1) * 255))
+    np.testing.assert_array_equal(jc.corrupt(key, cifar, "glass_blur", severity=s), np.stack(ref))
+  # snow's grey level: cv2.cvtColor on float32.
+  xf = x.astype(np.float32)
+  np.testing.assert_array_equal(jc._cv2_rgb2gray_f32(xf), np.stack([cv2.cvtColor(v, cv2.COLOR_RGB2GRAY) for v in xf]))
+  # elastic_transform's warp: OpenCV <= 4.10 fixed-point warpAffine (OpenCV 5 changed its arithmetic).
+  if version <= (4, 10):
+    rng = np.random.default_rng(0)
+    pts1 = np.float32([[26, 26], [26, 6], [6, 6]])
+    mats = [cv2.getAffineTransform(pts1, pts1 + rng.uniform(-2.56, 2.56, (3, 2)).astype(np.float32)) for _ in cifar]
+    ref = np.stack([cv2.warpAffine(v, m, (32, 32), borderMode=cv2.BORDER_REFLECT_101) for v, m in zip(xf, mats, strict=True)])
+    np.testing.assert_array_equal(jc._cv2_affine_remap_reflect101(xf, np.stack(mats)), ref)
