@@ -217,8 +217,9 @@ def section_gap(images01, labels, count: int) -> None:
       lab = jax.jit(solve, static_argnums=3)(unary, wv, wh, m)
       e = np.asarray(pm._energy(lab, unary, wv, wh, m))
       gap = ((e - best) / np.maximum(np.abs(best), 1e-9))[keep]
-      err = (e - best)[keep]
-      score = np.mean(err / np.maximum(e_rand[keep] - best[keep] + err, 1e-12))
+      err = np.maximum(e - best, 0.0)[keep]
+      err_rand = np.maximum(e_rand - best, 0.0)[keep]
+      score = np.mean(np.where(err_rand + err > 1e-9, err / np.maximum(err_rand + err, 1e-9), 0.0))
       print(
         f"| {n}x{n} | {m} | {ref} ({keep.sum()}) | {name} | {gap.mean():.2e} | {np.percentile(gap, 95):.2e} | {gap.max():.2e} | "
         f"{np.mean(gap <= 0.02):.3f} | {np.mean(gap <= 1e-6):.3f} | {score:.2e} |"

@@ -208,10 +208,10 @@ _PLANS = ((2, 0.8), (4, 0.2), (8, 0.8), (16, 0.8))  # (grid, t_eps) configuratio
 def test_transport_identity_known_answer():
   rng = np.random.default_rng(0)
   for t, t_eps in _PLANS[:3]:
-    s = rng.random((3, t * t)).astype(np.float32) + 0.01
+    s = rng.random((24, t * t)).astype(np.float32) + 0.01
     s /= s.sum(1, keepdims=True)
-    dest, _ = _plan(jnp.ones((3, t * t), bool), jnp.asarray(s), t, t_eps)
-    np.testing.assert_array_equal(dest, np.broadcast_to(np.arange(t * t), (3, t * t)))
+    dest, _ = _plan(jnp.ones((24, t * t), bool), jnp.asarray(s), t, t_eps)
+    np.testing.assert_array_equal(dest, np.broadcast_to(np.arange(t * t), (24, t * t)))
 
 
 def test_transport_move_known_answer():
@@ -293,6 +293,7 @@ def small_batch():
 
 _random_blocks = jax.jit(lambda key, x, y, s: jaxmix.puzzlemix(key, x, y, s, mean=MEAN, std=STD))
 _fixed = functools.partial(jaxmix.puzzlemix, block_num=2, mean=MEAN, std=STD)
+_fixed_jit = jax.jit(_fixed)
 
 
 def _block_count(mask):
@@ -322,17 +323,20 @@ def test_random_block_count_static_shapes_and_label_weights(small_batch):
   assert _random_blocks._cache_size() == 1
 
 
-def test_same_key_same_output_and_jit_equals_eager(small_batch):
+def test_same_key_same_output_and_jit_equals_eager(small_batch, decoupled_batch):
   x, y, sal = small_batch
   key = jax.random.key(3)
-  eager = _fixed(key, x, y, sal)
-  jitted = jax.jit(_fixed)(key, x, y, sal)
-  again = jax.jit(_fixed)(key, x, y, sal)
+  jitted = _fixed_jit(key, x, y, sal)
+  again = _fixed_jit(key, x, y, sal)
   for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(again), strict=True):
     np.testing.assert_array_equal(a, b)
+  # Eager (op by op) against jit on the solver path; the transport's jit/eager
+  # equality is covered by its exact match with the numpy reference above.
+  x, y, sal, perm = decoupled_batch
+  kwargs = dict(block_num=4, transport=False, perm=perm, lam=0.4, mean=MEAN, std=STD)
+  eager = jaxmix.puzzlemix(key, x, y, sal, **kwargs)
+  jitted = jax.jit(lambda k, x, y, s: jaxmix.puzzlemix(k, x, y, s, **kwargs))(key, x, y, sal)
   np.testing.assert_array_equal(eager.mask, jitted.mask)
-  np.testing.assert_array_equal(eager.perm, jitted.perm)
-  np.testing.assert_array_equal(eager.transport[0], jitted.transport[0])
   np.testing.assert_allclose(eager.images, jitted.images, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(eager.objective, jitted.objective, rtol=1e-5)
 
@@ -343,14 +347,14 @@ def test_vmap_equals_loop(small_batch):
   xs, ys, ss = jnp.stack([x, x[::-1]]), jnp.stack([y, y[::-1]]), jnp.stack([sal, sal[::-1]])
   batched = jax.jit(jax.vmap(_fixed))(keys, xs, ys, ss)
   for i in range(2):
-    single = _fixed(keys[i], xs[i], ys[i], ss[i])
+    single = _fixed_jit(keys[i], xs[i], ys[i], ss[i])
     np.testing.assert_array_equal(batched.mask[i], single.mask)
     np.testing.assert_allclose(batched.images[i], single.images, rtol=1e-5, atol=1e-5)
 
 
 def test_alpha_zero_keeps_the_batch(small_batch):
   x, y, sal = small_batch
-  res = jaxmix.puzzlemix(jax.random.key(0), x, y, sal, alpha=0.0, block_num=2)
+  res = jaxmix.puzzlemix(jax.random.key(0), x, y, sal, alpha=0.0, block_num=4, transport=False, mean=MEAN, std=STD)
   np.testing.assert_array_equal(res.images, x)
   np.testing.assert_array_equal(res.lam, np.ones(4))
   np.testing.assert_allclose(res.labels, y)
@@ -398,10 +402,11 @@ def test_train_batch_without_adversary_is_puzzlemix_of_the_saliency(small_batch)
   x, y, _ = small_batch
   weights = jnp.asarray(np.random.default_rng(0).normal(size=x.shape[1:]).astype(np.float32))
   key = jax.random.key(11)
-  res, aux = jaxmix.puzzlemix_train_batch(key, x, y, grad_fn=_linear_grad_fn(weights), mean=MEAN, std=STD, block_num=2)
+  run = jax.jit(lambda k, x, y: jaxmix.puzzlemix_train_batch(k, x, y, grad_fn=_linear_grad_fn(weights), mean=MEAN, std=STD, block_num=2))
+  res, aux = run(key, x, y)
   np.testing.assert_array_equal(aux, x)  # grad_fn saw the clean batch
   sal = jaxmix.saliency(jnp.broadcast_to(weights, x.shape))
-  expected = _fixed(jax.random.split(key, 4)[3], x, y, sal)
+  expected = _fixed_jit(jax.random.split(key, 4)[3], x, y, sal)
   np.testing.assert_array_equal(res.mask, expected.mask)
   np.testing.assert_allclose(res.images, expected.images, rtol=1e-6, atol=1e-6)
 
