@@ -88,7 +88,9 @@ def mixup(
     pairing: ``"permutation"`` (official) or ``"roll"`` (partner ``b - 1``).
 
   Returns:
-    A ``MixResult``; ``lam`` is ``[B]``.
+    A ``MixResult``; ``lam`` is ``[B]``. A fixed point of ``perm`` keeps its image
+    and label bit-exactly; ``perm`` is reported as the identity where ``lam = 1``
+    (nothing was mixed), so ``labels == lam * y + (1 - lam) * y[perm]`` always holds.
 
   Raises:
     ValueError: on a non-4-D or integer image batch, labels of another batch
@@ -157,7 +159,11 @@ def cutmix(
   re-computed from the clipped area: ``lam' = 1 - box_area / (H * W)``, exactly the
   fraction of pixels kept from the sample's own image. One box per batch (official)
   or, with ``per_sample=True``, one per sample. Non-square images use ``H`` for
-  the box height and ``W`` for its width.
+  the box height and ``W`` for its width (the official code names the axes the other
+  way round, which only matters for non-square images, which it never sees).
+  ``cut = floor(side * sqrt(1 - lam))`` is computed in float32 (the official code uses
+  float64), which can differ by one pixel only when ``side * sqrt(1 - lam)`` lies
+  within float32 rounding of an integer.
 
   Args:
     key: PRNG key.
@@ -175,7 +181,8 @@ def cutmix(
 
   Returns:
     A ``MixResult`` with ``lam`` the exact kept-area fraction and ``mask``
-    ``[B, H, W]`` float32, 1 where the pixel is the sample's own.
+    ``[B, H, W]`` float32, 1 where the pixel is the sample's own; ``perm`` is the
+    identity where the box is empty (``lam = 1``).
 
   Raises:
     ValueError: as ``mixup``.
