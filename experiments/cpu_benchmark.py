@@ -49,8 +49,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 DEFAULTS = {
-  "labels_per_class": 400,
-  "epochs": 12,
+  "labels_per_class": 500,
+  "epochs": 14,
   "seeds": (0, 1),
   "methods": None,  # all registered
   "widths": (16, 32, 64, 128),
@@ -261,9 +261,11 @@ def measure_steps(s: Settings, methods: Sequence[str], steps: int = 8, log=print
       model, jtrain.make_optimizer(cfg, spe), jax.random.key(0), data.train.images.shape[1:], seed_key=jax.random.key(0)
     )
     step = ts.make_train_step(model, jtrain._step_config(cfg, data), mesh, per_device_batch=cfg.batch_size)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     key = np.array(jax.device_get(state.rng))
     batches = jdata.train_batches(data.train, batch_size=cfg.batch_size, seed=0, epoch=0, crop_padding=cfg.crop_padding, flip=cfg.flip)
-    batches = [next(batches) for _ in range(min(spe, steps + 2))]
+    batches = [jax.device_put(next(batches), sharding) for _ in range(min(spe, steps + 2))]
     t0 = time.perf_counter()
     for b in batches[:2]:
       state, metrics = step(state, b, key)
@@ -332,6 +334,8 @@ def markdown_table(agg: dict, meta: dict) -> str:
   for m, e in agg.items():
     cells = [f"{e[k]['mean']:.2f} ± {e[k]['sd']:.2f}" for k, _ in HEADLINE]
     lines.append(f"| {m} | {e['n_seeds']} | " + " | ".join(cells) + f" | {e['train_wall_s_mean']:.0f} |")
+  for f in meta.get("failures", []):
+    lines.append(f"\nFAILED: {f['method']} seed {f['seed']}: {f['error']}")
   return "\n".join(lines) + "\n"
 
 
@@ -347,17 +351,22 @@ def plot(agg: dict, records: Sequence[dict], path: str, title: str) -> None:
   for ax, (key, label) in zip(axes, HEADLINE, strict=True):
     means = [agg[m][key]["mean"] for m in methods]
     sds = [agg[m][key]["sd"] for m in methods]
-    ax.bar(x, means, yerr=sds, color="#7aa6c2", edgecolor="#2b4c63", capsize=3)
+    # Points (mean ± sd, and every seed) rather than bars: the y axis does not start at 0.
+    ax.errorbar(x, means, yerr=sds, fmt="o", color="#2b6c9e", ecolor="#2b6c9e", capsize=4, markersize=7, label="mean ± sd")
     for i, m in enumerate(methods):
       vals = [r[key] for r in records if r["method"] == m]
-      ax.scatter(np.full(len(vals), i), vals, color="k", s=10, zorder=3)
+      ax.scatter(np.full(len(vals), i + 0.15), vals, color="k", marker="x", s=18, zorder=3, label="seeds" if i == 0 else None)
+    if "vanilla" in agg:
+      ax.axhline(agg["vanilla"][key]["mean"], color="#999999", lw=1, ls="--", label="vanilla mean")
     ax.set_xticks(x, methods, rotation=45, ha="right")
     ax.set_title(label)
     lo = min(min(agg[m][key]["min"] for m in methods), min(means) - max(sds, default=0))
     hi = max(agg[m][key]["max"] for m in methods)
     pad = 0.1 * (hi - lo) + 0.5
     ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.grid(axis="y", alpha=0.3)
+  axes[0].legend(fontsize=8, loc="best")
   fig.suptitle(title)
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -475,7 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       meta = json.load(f)["meta"] | {"reaggregated": meta["date"]}
   full = jdata.load("cifar10", s.data_dir)
   test = (np.asarray(full.test.images), np.asarray(full.test.labels))
-  records = []
+  records, failures = [], []
   t0 = time.perf_counter()
   for seed in s.seeds:
     for method in s.methods:
@@ -485,15 +494,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           with open(path) as f:
             records.append(json.load(f))
         continue
-      records.append(run_one(s, method, seed, test))
+      try:
+        records.append(run_one(s, method, seed, test))
+      except (ValueError, FileNotFoundError, RuntimeError) as e:  # one broken method must not stop the table
+        failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {e}"})
+        print(f"cpu_benchmark: {method} seed {seed} FAILED: {e}", file=sys.stderr, flush=True)
+        continue
       write_outputs(s, records, meta | {"elapsed_s": time.perf_counter() - t0})  # partial results after each run
   if not args.report_only:
     meta["elapsed_s"] = time.perf_counter() - t0
   meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+  if failures:
+    meta["failures"] = failures
   agg = write_outputs(s, records, meta)
   print(markdown_table(agg, meta))
   print(f"cpu_benchmark: wrote {s.out_dir}/{{runs.json,summary.json,table.md,plot.png}} ({time.perf_counter() - t0:.0f}s)")
-  return 0
+  for f in failures:
+    print(f"cpu_benchmark: FAILED {f['method']} seed {f['seed']}: {f['error']} (fix it and rerun: finished runs are skipped)")
+  return 1 if failures else 0
 
 
 def _measure_main(s: Settings) -> int:

@@ -265,3 +265,30 @@ def test_benchmark_configs_are_valid(tmp_path):
     jtrain.make_optimizer(cfg, 10)
   with pytest.raises(ValueError, match="not registered"):
     cb.settings_from_args(cb.build_parser().parse_args(["--data_dir", "/d", "--methods", "vanilla", "nosuch"]))
+
+
+def test_main_survives_a_failing_method(tmp_path, monkeypatch):
+  from jaxmix import data as jdata
+
+  class _Split:
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    labels = np.repeat(np.arange(10), 2)
+
+  class _Data:
+    test = _Split()
+
+  def fake_run(s, method, seed, test):
+    if method == "mixup":
+      raise ValueError("boom")
+    return _record(method, seed, 60.0 + seed)
+
+  monkeypatch.setattr(jdata, "load", lambda *a, **k: _Data())
+  monkeypatch.setattr(cb, "run_one", fake_run)
+  out = tmp_path / "out"
+  argv = ["--data_dir", "/d", "--quick", "--seeds", "0", "1", "--root_dir", str(tmp_path / "r"), "--out_dir", str(out)]
+  assert cb.main(argv) == 1
+  summary = json.loads((out / "summary.json").read_text())
+  assert list(summary["methods"]) == ["vanilla"] and summary["methods"]["vanilla"]["n_seeds"] == 2
+  assert [f["seed"] for f in summary["meta"]["failures"]] == [0, 1]
+  assert "SMOKE RUN" in summary["meta"]["title"]
+  assert "FAILED: mixup seed 0: ValueError: boom" in (out / "table.md").read_text()
