@@ -202,6 +202,74 @@ def resolve_lam_perm(key, batch: int, *, alpha, per_sample: bool, lam, perm, pai
   return lam, perm
 
 
+class Words:
+  """All the random numbers of one op call, drawn with a single ``jax.random.bits``.
+
+  On a 2-core CPU every ``jax.random`` call (split, uniform, randint, permutation)
+  becomes its own small kernels, and at CIFAR size their launch cost outweighs the
+  mixing itself (mixup: 30 fused kernels -> 9, cutmix: 55 -> 10). An op therefore
+  counts the 32-bit words it needs (static), draws them at once and takes them in
+  order; the derived draws below are exact or within 2^-32 of the ideal.
+
+  Example:
+    >>> words = core.Words(key, 1 + 2 * batch)
+    >>> lam = words.uniform(())
+    >>> perm = words.permutation(batch)
+  """
+
+  def __init__(self, key, count: int):
+    self._words = jax.random.bits(key, (max(int(count), 1),), jnp.uint32)
+    self._next = 0
+    self._key = key
+
+  def take(self, shape) -> Array:
+    """The next ``prod(shape)`` words as uint32 of ``shape``."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if self._next + n > self._words.shape[0]:
+      raise ValueError(f"Words: {self._next + n} words taken but only {self._words.shape[0]} drawn.")
+    out = self._words[self._next : self._next + n].reshape(shape)
+    self._next += n
+    return out
+
+  def uniform(self, shape) -> Array:
+    """float32 ``U[0, 1)`` with 23 random mantissa bits (as ``jax.random.uniform``)."""
+    bits = self.take(shape)
+    return jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+
+  def randint(self, shape, low, high) -> Array:
+    """int32 ``U{low .. high - 1}``: ``floor(word * n / 2^32)`` for ``n = high - low <= 2^16``.
+
+    Computed exactly in 32-bit arithmetic; the bins differ by at most one word out of
+    ``2^32 / n``, a bias below ``n / 2^32``. ``high`` may be a traced array.
+    """
+    bits = self.take(shape)
+    n = jnp.asarray(high, jnp.uint32) - jnp.asarray(low, jnp.uint32)
+    hi, lo = bits >> 16, bits & jnp.uint32(0xFFFF)
+    value = (hi * n + ((lo * n) >> 16)) >> 16
+    return jnp.asarray(low, jnp.int32) + value.astype(jnp.int32)
+
+  def permutation(self, batch: int) -> Array:
+    """A uniformly random permutation of ``range(batch)``: the argsort of ``batch`` words.
+
+    The same construction as ``jax.random.permutation`` with one sorting round; ties
+    (probability about ``batch^2 / 2^33``) keep index order.
+    """
+    return jnp.argsort(self.take((batch,))).astype(jnp.int32)
+
+  def beta(self, alpha: float, shape) -> Array:
+    """lam ~ Beta(alpha, alpha) as ``sample_beta``; ``alpha == 1`` uses the words."""
+    if alpha == 0:
+      return jnp.ones(shape, jnp.float32)
+    if alpha == 1:
+      return self.uniform(shape)
+    return jax.random.beta(jax.random.fold_in(self._key, 1), alpha, alpha, shape, dtype=jnp.float32)
+
+
+def beta_words(alpha: float, shape) -> int:
+  """The number of ``Words`` that ``Words.beta(alpha, shape)`` takes."""
+  return int(np.prod(shape, dtype=np.int64)) if alpha == 1 else 0
+
+
 def mix_labels(labels: Array, perm: Array, lam: Array) -> Array:
   """``lam * y + (1 - lam) * y[perm]`` with ``lam`` of shape ``[B]``, in float32.
 

@@ -10,20 +10,21 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmix import core
 from jaxmix.core import Array, MixResult
 
 
-def _skip_unless(key, prob: float, mixed: MixResult, images: Array, labels: Array) -> MixResult:
+def _skip_unless(words: core.Words, prob: float, mixed: MixResult, images: Array, labels: Array) -> MixResult:
   """Keeps ``mixed`` with probability ``prob`` (one draw per batch), else the identity.
 
   Follows the official test ``r < prob`` (CutMix, PatchUp); ``prob = 1`` always mixes
-  and is resolved in Python, so it costs nothing.
+  and is resolved in Python, so it costs nothing (and takes no word).
   """
   if prob >= 1.0:
     return mixed
-  apply = jax.random.uniform(key) < prob
+  apply = words.uniform(()) < prob
   same = core.identity_result(images, labels)
   if mixed.mask is not None:
     same = same._replace(mask=jnp.ones_like(mixed.mask))
@@ -36,6 +37,35 @@ def _box_mask(height: int, width: int, y1, y2, x1, x2) -> Array:
   cols = jnp.arange(width, dtype=jnp.int32)[None, :]
   e = lambda v: jnp.asarray(v)[..., None, None]  # noqa: E731
   return (rows >= e(y1)) & (rows < e(y2)) & (cols >= e(x1)) & (cols < e(x2))
+
+
+def _check_pairing(pairing: str) -> None:
+  if pairing not in ("permutation", "roll"):
+    raise ValueError(f"pairing must be 'permutation' or 'roll', got {pairing!r}.")
+
+
+def _pair_words(batch: int, *, alpha, per_sample: bool, lam, perm, pairing: str, prob: float, extra: int = 0) -> int:
+  """How many random words a pair op takes (lam, partner, apply draw, ``extra``)."""
+  n = extra + (1 if prob < 1.0 else 0)
+  if lam is None:
+    n += core.beta_words(alpha, (batch,) if per_sample else ())
+  if perm is None and pairing == "permutation":
+    n += batch
+  return n
+
+
+def _pair_draws(words: core.Words, batch: int, *, alpha, per_sample: bool, lam, perm, pairing: str) -> tuple[Array, Array]:
+  """lam (scalar, or ``[B]`` if per-sample or given so) and the int32 partner ``[B]``."""
+  if lam is None:
+    lam = words.beta(alpha, (batch,) if per_sample else ())
+  lam = jnp.asarray(lam, jnp.float32)
+  if perm is not None:
+    perm = jnp.asarray(perm, jnp.int32)
+  elif pairing == "roll":
+    perm = jnp.roll(jnp.arange(batch, dtype=jnp.int32), 1)
+  else:
+    perm = words.permutation(batch)
+  return lam, perm
 
 
 def _identity_where_unmixed(perm: Array, lam: Array) -> Array:
@@ -102,8 +132,10 @@ def mixup(
   batch = _check_pair_op(images, labels, lam, perm)[0]
   core.check_nonneg("alpha", alpha)
   core.check_prob("prob", prob)
-  key_mix, key_apply = jax.random.split(key)
-  lam, perm = core.resolve_lam_perm(key_mix, batch, alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
+  _check_pairing(pairing)
+  draws = dict(alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
+  words = core.Words(key, _pair_words(batch, prob=prob, **draws))
+  lam, perm = _pair_draws(words, batch, **draws)
   lam_b = jnp.broadcast_to(lam, (batch,))
   w = lam_b[:, None, None, None]
   mixed = (w * images.astype(jnp.float32) + (1.0 - w) * images[perm].astype(jnp.float32)).astype(images.dtype)
@@ -112,7 +144,7 @@ def mixup(
   mixed = jnp.where(fixed[:, None, None, None], images, mixed)
   perm = _identity_where_unmixed(perm, lam_b)
   result = MixResult(mixed, core.mix_labels(labels, perm, lam_b), lam_b, perm)
-  return _skip_unless(key_apply, prob, result, images, labels)
+  return _skip_unless(words, prob, result, images, labels)
 
 
 def cutmix_box(key, lam: Array, height: int, width: int) -> tuple[Array, Array, Array, Array]:
@@ -122,15 +154,22 @@ def cutmix_box(key, lam: Array, height: int, width: int) -> tuple[Array, Array, 
   ``[c - cut // 2, c + cut // 2)`` clipped to the image (so the unclipped box side
   is ``2 * (cut // 2)``, the official quirk).
 
+  Args:
+    key: PRNG key, or a ``core.Words`` to take the two centre draws from.
+    lam: nominal lam, scalar or ``[B]``.
+    height: H.
+    width: W.
+
   Returns:
     ``(y1, y2, x1, x2)`` int32 arrays shaped like ``lam``.
   """
-  key_y, key_x = jax.random.split(key)
+  lam = jnp.asarray(lam, jnp.float32)
+  words = key if isinstance(key, core.Words) else core.Words(key, 2 * lam.size)
   rho = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
   half_h = jnp.floor(height * rho).astype(jnp.int32) // 2
   half_w = jnp.floor(width * rho).astype(jnp.int32) // 2
-  cy = jax.random.randint(key_y, jnp.shape(lam), 0, height, dtype=jnp.int32)
-  cx = jax.random.randint(key_x, jnp.shape(lam), 0, width, dtype=jnp.int32)
+  cy = words.randint(lam.shape, 0, height)
+  cx = words.randint(lam.shape, 0, width)
   return (
     jnp.clip(cy - half_h, 0, height),
     jnp.clip(cy + half_h, 0, height),
@@ -193,9 +232,12 @@ def cutmix(
   batch, height, width, _ = _check_pair_op(images, labels, lam, perm)
   core.check_nonneg("alpha", alpha)
   core.check_prob("prob", prob)
-  key_mix, key_box, key_apply = jax.random.split(key, 3)
-  lam, perm = core.resolve_lam_perm(key_mix, batch, alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
-  y1, y2, x1, x2 = cutmix_box(key_box, lam, height, width)
+  _check_pairing(pairing)
+  draws = dict(alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
+  boxes = batch if per_sample or (lam is not None and jnp.shape(lam) == (batch,)) else 1
+  words = core.Words(key, _pair_words(batch, prob=prob, extra=2 * boxes, **draws))
+  lam, perm = _pair_draws(words, batch, **draws)
+  y1, y2, x1, x2 = cutmix_box(words, lam, height, width)
   lam_adj = _kept_fraction((y2 - y1) * (x2 - x1), height, width)
   lam_adj = jnp.broadcast_to(lam_adj, (batch,))
   inside = jnp.broadcast_to(_box_mask(height, width, y1, y2, x1, x2), (batch, height, width))
@@ -203,7 +245,7 @@ def cutmix(
   own = (~inside).astype(jnp.float32)
   perm = _identity_where_unmixed(perm, lam_adj)
   result = MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=own)
-  return _skip_unless(key_apply, prob, result, images, labels)
+  return _skip_unless(words, prob, result, images, labels)
 
 
 def cutout_box(cy, cx, height: int, width: int, size: int, *, exact_size: bool = False) -> tuple[Array, Array, Array, Array]:
@@ -275,16 +317,15 @@ def cutout(
     raise ValueError(f"size must be an int in [0, {max(height, width)}] (the image side), got {size!r}.")
   if not _is_int(n_holes) or n_holes < 1:
     raise ValueError(f"n_holes must be an int >= 1, got {n_holes!r}.")
-  key_holes, key_apply = jax.random.split(key)
   shape = (n_holes,) if shared else (n_holes, batch)
-  key_y, key_x = jax.random.split(key_holes)
-  cy = jax.random.randint(key_y, shape, 0, height, dtype=jnp.int32)
-  cx = jax.random.randint(key_x, shape, 0, width, dtype=jnp.int32)
+  words = core.Words(key, 2 * int(np.prod(shape)) + (1 if prob < 1.0 else 0))
+  cy = words.randint(shape, 0, height)
+  cx = words.randint(shape, 0, width)
   holes = _box_mask(height, width, *cutout_box(cy, cx, height, width, size, exact_size=shared))
   hole = jnp.broadcast_to(jnp.any(holes, axis=0), (batch, height, width))
   out = jnp.where(hole[..., None], jnp.zeros((), images.dtype), images)
   result = core.identity_result(out, labels)._replace(mask=(~hole).astype(jnp.float32))
-  return _skip_unless(key_apply, prob, result, images, labels)
+  return _skip_unless(words, prob, result, images, labels)
 
 
 def _is_int(x) -> bool:
@@ -366,23 +407,23 @@ def patch_augment(
       f"max_dim={max_dim!r} gives patch sides up to {w_max}; they must be smaller than the image side "
       f"{min(height, width)} (max_dim < {(min(height, width) - 0.5) / side:.4g} for {height}x{width} images)."
     )
-  key_perm, key_size, key_src, key_dst, key_apply = jax.random.split(key, 5)
-  perm = core.sample_perm(key_perm, batch, pairing) if perm is None else jnp.asarray(perm, jnp.int32)
+  _check_pairing(pairing)
+  words = core.Words(key, _pair_words(batch, alpha=0.0, per_sample=False, lam=0.0, perm=perm, pairing=pairing, prob=1.0, extra=7 * batch))
+  _, perm = _pair_draws(words, batch, alpha=0.0, per_sample=False, lam=0.0, perm=perm, pairing=pairing)
+  sizes = words.randint((2, batch), w_min, w_max + 1)
   if lam is None:
-    ph, pw = jax.random.randint(key_size, (2, batch), w_min, w_max + 1, dtype=jnp.int32)
+    ph, pw = sizes[0], sizes[1]
   else:
     sq = jnp.round(side * jnp.sqrt(1.0 - jnp.asarray(lam, jnp.float32))).astype(jnp.int32)
     sq = jnp.broadcast_to(sq, (batch,))
     ph, pw = jnp.minimum(sq, height), jnp.minimum(sq, width)
   # Top-left corners ~ U{0 .. side - patch - 1} (the official exclusive randint); a
   # full-side patch (only reachable through a ``lam`` override) sits at 0.
-  unit = jax.random.uniform(key_src, (2, batch))
-  s0 = jnp.floor(unit[0] * jnp.maximum(height - ph, 1)).astype(jnp.int32)
-  s1 = jnp.floor(unit[1] * jnp.maximum(width - pw, 1)).astype(jnp.int32)
-  unit = jax.random.uniform(key_dst, (2, batch))
-  d0 = jnp.floor(unit[0] * jnp.maximum(height - ph, 1)).astype(jnp.int32)
-  d1 = jnp.floor(unit[1] * jnp.maximum(width - pw, 1)).astype(jnp.int32)
-  apply = jax.random.uniform(key_apply, (batch,)) < prob
+  s0 = words.randint((batch,), 0, jnp.maximum(height - ph, 1))
+  s1 = words.randint((batch,), 0, jnp.maximum(width - pw, 1))
+  d0 = words.randint((batch,), 0, jnp.maximum(height - ph, 1))
+  d1 = words.randint((batch,), 0, jnp.maximum(width - pw, 1))
+  apply = words.uniform((batch,)) < prob
   ph, pw = jnp.where(apply, ph, 0), jnp.where(apply, pw, 0)
   inside = _box_mask(height, width, d0, d0 + ph, d1, d1 + pw)
   # One gather: pixel (b, i, j) of the shifted partner is x[perm[b], i - d0 + s0, j - d1 + s1].

@@ -163,3 +163,21 @@ def test_resolve_lam_perm_shapes_and_overrides():
   assert lam.dtype == jnp.float32 and float(lam) == pytest.approx(0.3)
   np.testing.assert_array_equal(perm, [3, 2, 1, 0])
   assert perm.dtype == jnp.int32
+
+
+def test_words_draws_match_their_formulas():
+  key = jax.random.key(6)
+  words = core.Words(key, 3 * 4000 + 50)
+  raw = np.asarray(jax.random.bits(key, (3 * 4000 + 50,), jnp.uint32)).astype(np.uint64)
+  u = np.asarray(words.uniform((4000,)))
+  assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
+  np.testing.assert_array_equal(u, (raw[:4000] >> 9).astype(np.float64) / 2**23)
+  r = np.asarray(words.randint((4000,), 3, 227))
+  np.testing.assert_array_equal(r, 3 + ((raw[4000:8000] * 224) >> 32))
+  small = np.asarray(words.randint((4000,), 0, 7))
+  assert stats.chisquare(np.bincount(small, minlength=7)).pvalue > 1e-3
+  perm = np.asarray(words.permutation(50))
+  assert perm.dtype == np.int32 and sorted(perm.tolist()) == list(range(50))
+  np.testing.assert_array_equal(perm, np.argsort(raw[-50:], kind="stable"))
+  with pytest.raises(ValueError, match="words taken"):
+    words.take((1,))

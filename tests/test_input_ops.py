@@ -132,6 +132,17 @@ def test_mixup_per_batch_lam_is_beta_over_keys():
   assert_symmetric_beta(lam[:, 0], 1.0)
 
 
+def test_partner_permutation_is_uniform():
+  x = jnp.zeros((6, 1, 1, 1))
+  y = jnp.full((6, 2), 0.5)
+  keys = jax.random.split(jax.random.key(8), 3000)
+  perms = np.asarray(jax.jit(jax.vmap(lambda k: jaxmix.mixup(k, x, y, lam=0.5).perm))(keys))
+  assert np.all(np.sort(perms, axis=1) == np.arange(6))
+  assert stats.chisquare(np.bincount(perms[:, 0], minlength=6)).pvalue > 1e-3
+  assert stats.chisquare(np.bincount(perms[:, 5], minlength=6)).pvalue > 1e-3
+  assert np.mean(perms == np.arange(6)) == pytest.approx(1 / 6, abs=0.02)  # fixed points allowed
+
+
 def test_alpha_zero_means_no_mixing():
   x = _distinct(5, 3, 3, 2)
   y, _ = _labels(5)
@@ -158,7 +169,7 @@ def test_roll_pairing():
 @pytest.mark.parametrize("lam, side, lam_adj", [(0.75, 16, 0.75), (0.5, 22, 0.52734375), (0.3, 26, 0.33984375)])
 def test_cutmix_known_boxes_32(lam, side, lam_adj):
   """§3 checks 1-3: per-sample boxes with a fixed nominal lam; interior boxes are side x side."""
-  batch = 64
+  batch = 256
   x = _distinct(batch, 32, 32)
   y, _ = _labels(batch)
   perm = jnp.roll(jnp.arange(batch), 1)
