@@ -327,6 +327,8 @@ def markdown_table(agg: dict, meta: dict) -> str:
     f"- test top-1 / ECE on the full test set (10,000); FGSM (pixel space, eps {FGSM_KEY}) on {s['fgsm_examples']} and "
     f"mean corruption accuracy (generated, 15 corruptions x 5 severities) on {s['corruption_examples']} class-balanced test images",
     "- values: mean ± sd over seeds (sd with ddof=1; n = number of seeds)",
+    f"- time: {meta.get('sum_run_wall_s', 0) / 3600:.2f} h wall / {meta.get('sum_run_cpu_s', 0) / 3600:.2f} h CPU summed over the runs "
+    "(training + evaluation, excluding data loading between runs)",
     "",
     "| method | n | " + " | ".join(label for _, label in HEADLINE) + " | train time / run (s, wall) |",
     "| --- | --- | " + " | ".join("---" for _ in HEADLINE) + " | --- |",
@@ -484,7 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       meta = json.load(f)["meta"] | {"reaggregated": meta["date"]}
   full = jdata.load("cifar10", s.data_dir)
   test = (np.asarray(full.test.images), np.asarray(full.test.labels))
-  records, failures = [], []
+  records, failures, skipped = [], [], []
   t0 = time.perf_counter()
   for seed in s.seeds:
     for method in s.methods:
@@ -494,6 +496,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           with open(path) as f:
             records.append(json.load(f))
         continue
+      if os.path.exists(os.path.join(train_config(s, method, seed).run_dir(), "eval.json")):
+        skipped.append(f"{method}_seed{seed}")
       try:
         records.append(run_one(s, method, seed, test))
       except (ValueError, FileNotFoundError, RuntimeError) as e:  # one broken method must not stop the table
@@ -502,7 +506,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         continue
       write_outputs(s, records, meta | {"elapsed_s": time.perf_counter() - t0})  # partial results after each run
   if not args.report_only:
-    meta["elapsed_s"] = time.perf_counter() - t0
+    meta["elapsed_s"] = time.perf_counter() - t0  # this invocation only
+    meta["finished_before_this_invocation"] = skipped
+  # Sum over the runs of their own train + eval wall time (meaningful across resumes).
+  meta["sum_run_wall_s"] = float(sum(r["timing"]["train_wall_s"] + r["timing"]["eval_wall_s"] for r in records))
+  meta["sum_run_cpu_s"] = float(sum(r["timing"]["train_cpu_s"] + r["timing"]["eval_cpu_s"] for r in records))
   meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
   if failures:
     meta["failures"] = failures

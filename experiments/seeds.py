@@ -56,6 +56,12 @@ SRC_PA_README_C100 = (
   "Only the baseline is filled in."
 )
 SRC_PA_NONE = "mdbloice/Patch-Augmentation README: the stored copy of its table is cut off before this row. Left empty."
+SRC_PA_ADV = (
+  "mdbloice/Patch-Augmentation Adversarial-Examples.ipynb, outputs of cells 6-8: CleverHans FGSM on the first 1,000 "
+  "CIFAR-10 test images (mean-subtracted [0, 1] inputs, clip [-1, 1], no labels passed, so the predicted labels are "
+  "attacked): eps 0.001: 725/1000 (Patch Augmentation, p=0.5, patch_area=0.5) vs 643/1000 (no augmentation); "
+  "eps 0.03: 201/1000 vs 138/1000. Models: ResNet20v2 checkpoints of epochs 105 / 114."
+)
 SRC_PM_README = (
   "snu-mllab/PuzzleMix README, 'Download Checkpoints and Test': the released adversarial Puzzle Mix PreActResNet18 "
   "CIFAR-100 checkpoint has 80.34% clean test accuracy and 42.89% accuracy against FGSM with 8/255 l-inf epsilon."
@@ -193,6 +199,24 @@ def _patch_augment_entries():
       yield Experiment(f"patch_augment.{dataset}.{arch}.patch_augment", "mdbloice/Patch-Augmentation", _split(pa_cmd), pa, src, note)
       van_cmd = f"--dataset {dataset} --arch {arch} {_PA_COMMON} --train vanilla"
       yield Experiment(f"patch_augment.{dataset}.{arch}.vanilla", "mdbloice/Patch-Augmentation", _split(van_cmd), base, src, note)
+  # The adversarial notebook's two ResNet20v2 models (Keras resnet_v2 with n = 2). Its Patch Augmentation model
+  # used the older fixed-area variant (p=0.5, patch_area=0.5: a 23x23 patch at the same place in source and
+  # destination, label weight 0.5); the closest current-variant setting is a fixed 23x23 patch (23/32 of the side,
+  # label weight 529/1024) at independent places.
+  adv_note = (
+    "jaxmix's --fsgm_attack runs PatchUp's and the pixel-space FGSM, not CleverHans's on mean-subtracted inputs with "
+    "predicted labels; compare with pixel eps ~0.255/255 and ~7.65/255 only loosely. Fixed-area old variant approximated."
+  )
+  arch = '--arch resnet29v2 --model_kwargs {"depth":20}'
+  for method, flags, expected in (
+    ("patch_augment", "--train patch_augment --patch_prob 0.5 --patch_min_dim 0.71875 --patch_max_dim 0.71875", (72.5, 20.1)),
+    ("vanilla", "--train vanilla", (64.3, 13.8)),
+  ):
+    cmd = f"--dataset cifar10 {arch} {_PA_COMMON} {flags} --fsgm_attack True"
+    exp = {"fgsm_cleverhans_eps0.001_top1": expected[0], "fgsm_cleverhans_eps0.03_top1": expected[1]}
+    yield Experiment(
+      f"patch_augment.fgsm.cifar10.resnet20v2.{method}", "mdbloice/Patch-Augmentation", _split(cmd), exp, SRC_PA_ADV, adv_note
+    )
 
 
 # ----------------------------------------------------------------------------

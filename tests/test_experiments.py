@@ -39,9 +39,10 @@ def test_names_unique_and_counts_per_seed_repo():
   counts = {}
   for e in seeds.EXPERIMENTS:
     counts[e.seed_repo] = counts.get(e.seed_repo, 0) + 1
-  # PatchUp: 3 datasets x 3 archs x 8 methods + 8 deformed + 8 FGSM; Patch Augmentation: 2 x 2 x 2;
-  # Puzzle Mix: 2 archs x (2 budgets + adversarial + 4 baselines); IPMix: 2 datasets x (2 archs + no-JSD).
-  assert counts == {"chandar-lab/PatchUp": 88, "mdbloice/Patch-Augmentation": 8, "snu-mllab/PuzzleMix": 14, "hzlsaber/IPMix": 6}
+  # PatchUp: 3 datasets x 3 archs x 8 methods + 8 deformed + 8 FGSM; Patch Augmentation: 2 x 2 x 2 + the 2 models of
+  # the adversarial notebook; Puzzle Mix: 2 archs x (2 budgets + adversarial + 4 baselines); IPMix: 2 datasets x
+  # (2 archs + no-JSD).
+  assert counts == {"chandar-lab/PatchUp": 88, "mdbloice/Patch-Augmentation": 10, "snu-mllab/PuzzleMix": 14, "hzlsaber/IPMix": 6}
 
 
 def test_patchup_grid_is_complete():
@@ -65,7 +66,7 @@ def test_every_entry_parses_into_a_valid_config(exp):
   assert set(cfg.hparams) <= known, (cfg.hparams, known)
   jtrain.make_optimizer(cfg, steps_per_epoch=10)  # raises on an inconsistent optimiser / schedule
   for key, value in exp.expected.items():
-    assert key in ("test_top1", "fgsm_8_255_top1") and 0 < value <= 100
+    assert key in ("test_top1", "fgsm_8_255_top1", "fgsm_cleverhans_eps0.001_top1", "fgsm_cleverhans_eps0.03_top1") and 0 < value <= 100
   assert exp.source
 
 
@@ -133,6 +134,15 @@ def test_patch_augment_hparams_per_dataset():
   c100 = _parse(seeds.BY_NAME["patch_augment.cifar100.resnet20v1.patch_augment"])
   assert c100.hparams == {"prob": 0.9, "min_dim": 0.3, "max_dim": 0.8}
   assert seeds.BY_NAME["patch_augment.cifar10.resnet20v1.patch_augment"].expected == {"test_top1": 89.33}
+
+
+def test_patch_augment_fgsm_entries():
+  cfg = _parse(seeds.BY_NAME["patch_augment.fgsm.cifar10.resnet20v2.patch_augment"])
+  assert (cfg.arch, cfg.model_kwargs, cfg.fsgm_attack, cfg.optimizer) == ("resnet29v2", {"depth": 20}, True, "adam")
+  assert cfg.hparams == {"prob": 0.5, "min_dim": 0.71875, "max_dim": 0.71875}
+  assert round(cfg.hparams["min_dim"] * 32) == 23  # the old variant's side round(sqrt(0.5 * 32**2))
+  van = seeds.BY_NAME["patch_augment.fgsm.cifar10.resnet20v2.vanilla"]
+  assert van.expected == {"fgsm_cleverhans_eps0.001_top1": 64.3, "fgsm_cleverhans_eps0.03_top1": 13.8}
 
 
 def test_puzzlemix_entries():
@@ -225,7 +235,7 @@ def _record(method, seed, top1, ece=2.0, fgsm=10.0, corr=50.0):
     "ece": ece,
     "fgsm_top1": fgsm,
     "corruption_top1": corr,
-    "timing": {"train_wall_s": 100.0 + seed, "train_cpu_s": 150.0, "eval_wall_s": 20.0},
+    "timing": {"train_wall_s": 100.0 + seed, "train_cpu_s": 150.0, "eval_wall_s": 20.0, "eval_cpu_s": 30.0},
   }
 
 
@@ -291,4 +301,5 @@ def test_main_survives_a_failing_method(tmp_path, monkeypatch):
   assert list(summary["methods"]) == ["vanilla"] and summary["methods"]["vanilla"]["n_seeds"] == 2
   assert [f["seed"] for f in summary["meta"]["failures"]] == [0, 1]
   assert "SMOKE RUN" in summary["meta"]["title"]
+  assert summary["meta"]["sum_run_wall_s"] == pytest.approx(241.0) and summary["meta"]["sum_run_cpu_s"] == pytest.approx(360.0)
   assert "FAILED: mixup seed 0: ValueError: boom" in (out / "table.md").read_text()
