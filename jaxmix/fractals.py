@@ -39,6 +39,8 @@ _BURN_IN = 16
 def _as_key(key_or_seed):
   if isinstance(key_or_seed, numbers.Integral):
     return jax.random.key(int(key_or_seed))
+  if not jnp.issubdtype(jnp.result_type(key_or_seed), jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(key_or_seed)  # a raw uint32 key
   return key_or_seed
 
 
@@ -109,8 +111,12 @@ def _render(points: Array, colours: Array, size: int) -> Array:
   return (mean_colour * brightness[:, None]).reshape(size, size, 3)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _generate(key, n: int, size: int, n_points: int) -> Array:
+_CHUNK = 16
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _generate_chunk(keys: Array, size: int, n_points: int) -> Array:
+  """``_CHUNK`` pictures, one per key (compiled once per size, whatever the count)."""
   walkers = 256
   steps = max(1, -(-n_points // walkers))
 
@@ -120,7 +126,7 @@ def _generate(key, n: int, size: int, n_points: int) -> Array:
     points, colour = _chaos_game(key_walk, maps, shifts, logp, colours, walkers, steps)
     return _render(points, colour, size)
 
-  return jax.lax.map(one, jax.random.split(key, n), batch_size=32)
+  return jax.vmap(one)(keys)
 
 
 def generate(key_or_seed, n: int, size: int = 32, *, n_points: int | None = None) -> Array:
@@ -152,7 +158,22 @@ def generate(key_or_seed, n: int, size: int = 32, *, n_points: int | None = None
     n_points = 8 * size * size
   if not isinstance(n_points, numbers.Integral) or n_points < 1:
     raise ValueError(f"n_points must be an int >= 1, got {n_points!r}.")
-  return _generate(_as_key(key_or_seed), int(n), int(size), int(n_points))
+  with jax.ensure_compile_time_eval():  # concrete keys even inside a jit trace (a concrete seed)
+    keys = jax.random.split(_as_key(key_or_seed), -(-n // _CHUNK) * _CHUNK)
+  starts = range(0, keys.shape[0], _CHUNK)
+  if isinstance(keys, jax.core.Tracer):  # a traced key: generate inside the caller's graph
+    return jnp.concatenate([_generate_chunk(keys[i : i + _CHUNK], int(size), int(n_points)) for i in starts])[:n]
+  # Concrete keys: run the compiled chunk directly, so that a call made while tracing
+  # (the built-in mixing set is first needed inside a jitted IPMix) still runs now,
+  # compiled, and returns concrete pictures.
+  compiled = _compiled_chunk(int(size), int(n_points), keys.dtype)
+  with jax.ensure_compile_time_eval():
+    return jnp.concatenate([compiled(keys[i : i + _CHUNK]) for i in starts])[:n]
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_chunk(size: int, n_points: int, key_dtype):
+  return _generate_chunk.lower(jax.ShapeDtypeStruct((_CHUNK,), key_dtype), size, n_points).compile()
 
 
 #: Size of the built-in mixing set (pictures) and its seed.
@@ -168,6 +189,5 @@ def default_mixing_set(size: int) -> np.ndarray:
   on the host as a ``[N, size, size, 3]`` uint8 array, so a jitted IPMix embeds it
   as a 1 MB constant (at size 36) rather than regenerating it.
   """
-  with jax.ensure_compile_time_eval():
-    pictures = generate(DEFAULT_SEED, DEFAULT_COUNT, size)
-    return np.asarray(jnp.round(pictures * 255.0)).astype(np.uint8)
+  pictures = np.asarray(generate(DEFAULT_SEED, DEFAULT_COUNT, size))
+  return np.round(pictures * 255.0).astype(np.uint8)

@@ -1,6 +1,5 @@
 """IPMix: the §9.6 known answers, pixel-op identities, sampling, views and the JSD loss."""
 
-import functools
 import importlib
 
 import jax
@@ -18,10 +17,13 @@ B, H, W, C = 4, 32, 32, 3
 LEVELS = jax.random.randint(jax.random.key(10), (B, H, W, C), 0, 256)
 X = LEVELS.astype(jnp.float32) / 255.0  # on the uint8 grid, like decoded images
 Y = jaxmix.one_hot(jnp.arange(B) % 10, 10)
-MIXING_SET = fractals.generate(7, 6, 36)  # larger than the images: randomly cropped
+MIXING_SET = fractals.generate(7, 6, 36)  # a user set, larger than the images: randomly cropped
 
-# One compiled IPMix shared by the tests; the overrides are traced keyword arguments.
-_ipmix = jax.jit(functools.partial(jaxmix.ipmix, mixing_set=MIXING_SET))
+# Two compiled IPMix functions shared by the tests: the default one (built-in fractal
+# set, everything drawn) and one with a user mixing set and the m / chain-depth
+# overrides as traced arguments.
+_ipmix = jax.jit(jaxmix.ipmix)
+_ipmix_forced = jax.jit(lambda key, x, y, m, chain_depth: jaxmix.ipmix(key, x, y, mixing_set=MIXING_SET, m=m, chain_depth=chain_depth))
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,10 @@ def default_out():
 
 def test_m_zero_is_identity():
   # Chains of full depth, skip weight m = 0: the output is x exactly.
-  out = _ipmix(jax.random.key(1), X, Y, m=jnp.zeros((B,)), chain_depth=jnp.full((B, 3), 3))
+  out = _ipmix_forced(jax.random.key(1), X, Y, jnp.zeros((B,)), jnp.full((B, 3), 3))
   np.testing.assert_array_equal(np.asarray(out.images), np.asarray(X))
   # The same chains with m = 1 do change the images.
-  changed = _ipmix(jax.random.key(1), X, Y, m=jnp.ones((B,)), chain_depth=jnp.full((B, 3), 3))
+  changed = _ipmix_forced(jax.random.key(1), X, Y, jnp.ones((B,)), jnp.full((B, 3), 3))
   assert np.mean(np.abs(np.asarray(changed.images) - np.asarray(X))) > 0.01
 
 
@@ -46,7 +48,7 @@ def test_depth_zero_chains_are_identity_for_any_m_and_weights_sum_to_one():
   # All chains the identity: out = (1 - m) x + m (sum_i ws_i) x, which is x exactly
   # when the Dirichlet weights sum to 1 (checked per sample, with m = 1 too).
   m = jnp.asarray([1.0, 0.3, 0.77, 1.0])
-  out = _ipmix(jax.random.key(2), X, Y, m=m, chain_depth=jnp.zeros((B, 3), jnp.int32))
+  out = _ipmix_forced(jax.random.key(2), X, Y, m, jnp.zeros((B, 3), jnp.int32))
   np.testing.assert_allclose(np.asarray(out.images), np.asarray(X), atol=1e-6)
   single = jaxmix.ipmix(jax.random.key(3), X, Y, mixing_set=MIXING_SET, k=1, depth=0)
   np.testing.assert_allclose(np.asarray(single.images), np.asarray(X), atol=1e-6)
@@ -105,23 +107,35 @@ def test_dtype_preserved():
   assert out.images.dtype == jnp.bfloat16 and out.labels.dtype == jnp.float32
 
 
-def test_deterministic_from_key_and_jit_equals_eager(default_out):
+def test_deterministic_from_key(default_out):
   np.testing.assert_array_equal(np.asarray(_ipmix(jax.random.key(0), X, Y).images), np.asarray(default_out.images))
   assert not np.array_equal(np.asarray(_ipmix(jax.random.key(1), X, Y).images), np.asarray(default_out.images))
-  eager = np.asarray(jaxmix.ipmix(jax.random.key(0), X, Y, mixing_set=MIXING_SET).images)
-  # Fused and unfused float32 may round a mixed value to the other side of a uint8
-  # level (then floor differs by one level): compare up to that, on few pixels.
-  diff = np.abs(eager - np.asarray(default_out.images))
-  assert diff.max() <= 1.01 / 255 and np.mean(diff > 1e-6) < 0.01
 
 
 # ----------------------------------------------------------------------------
 # Patch step and sampling.
 
 
-def _patch(u, x, g, patch_sizes=(4, 8, 16, 32)):
+_patch_step = jax.jit(ipmix_module._patch_step, static_argnums=(4, 5))
+
+
+def _patch(u, x, g):
   seeds = jnp.asarray([123, 456], jnp.uint32)
-  return np.asarray(ipmix_module._patch_step(jnp.asarray(u, jnp.float32), seeds, x, g, patch_sizes, 3.0))
+  return np.asarray(_patch_step(jnp.asarray(u, jnp.float32), seeds, x, g, (4, 8, 16, 32), 3.0))
+
+
+def test_patch_step_jit_equals_eager():
+  key_u, key_s = jax.random.split(jax.random.key(11))
+  u = jax.random.uniform(key_u, (B, 11))
+  seeds = jax.random.bits(key_s, (B, 2), jnp.uint32)
+  g = MIXING_SET[:B, :H, :W]
+  jitted = np.asarray(_patch_step(u, seeds, X, g, (4, 8, 16, 32), 3.0))
+  eager = np.asarray(ipmix_module._patch_step(u, seeds, X, g, (4, 8, 16, 32), 3.0))
+  # Fused and unfused float32 may put an add / multiply result on either side of a
+  # uint8 level (then the truncation differs by one level): only on rare pixels.
+  diff = np.abs(jitted - eager)
+  assert diff.max() <= 1.01 / 255 and np.mean(diff > 1e-6) < 0.01
+  assert np.mean(jitted != np.asarray(X)) > 0.01
 
 
 def test_patch_step_boxes():
@@ -199,7 +213,7 @@ def test_views_share_the_mixing_picture(monkeypatch):
 
 
 def test_views_are_independent_draws():
-  views = jax.jit(functools.partial(jaxmix.ipmix_views, mixing_set=MIXING_SET))(jax.random.key(0), X)
+  views = jax.jit(jaxmix.ipmix_views)(jax.random.key(0), X)
   views = np.asarray(views)
   assert views.shape == (2, B, H, W, C) and views.min() >= 0.0 and views.max() <= 1.0
   assert not np.array_equal(views[0], views[1])
@@ -237,12 +251,6 @@ def test_registry_entry():
   method = jaxmix.METHODS["ipmix"]
   assert method.op is jaxmix.ipmix and method.site == "label_preserving"
   assert dict(method.defaults) == {"k": 3, "depth": 3, "beta": 3.0, "severity": 3}
-
-
-def test_default_fractal_set_under_jit():
-  out = jax.jit(jaxmix.ipmix)(jax.random.key(0), X[:2], Y[:2])
-  assert out.images.shape == (2, H, W, C)
-  assert 0.0 <= float(out.images.min()) and float(out.images.max()) <= 1.0
 
 
 @pytest.mark.parametrize(
