@@ -454,6 +454,18 @@ def _load_tfds(name: str, data_dir: Optional[str]):
   return to_split(train), to_split(test), names
 
 
+def spread_indices(total: int, n: Optional[int]) -> np.ndarray:
+  """``n`` evenly spaced indices of ``range(total)`` (all of them if ``n`` is None or >= total).
+
+  A deterministic, RNG-free way to cut an evaluation set: on a class-sorted test set
+  (the class-folder layout) it keeps the classes balanced, where the first ``n``
+  examples would cover only the first classes.
+  """
+  if n is None or n >= total:
+    return np.arange(total)
+  return np.floor(np.arange(n) * (total / n)).astype(np.int64)
+
+
 def pixel_mean(split: Split) -> np.ndarray:
   """The per-pixel mean image ``[H, W, C]`` float32 in ``[0, 1]`` units.
 

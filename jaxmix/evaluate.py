@@ -545,7 +545,8 @@ def evaluate_all(
       replacing the generator's procedural frost texture.
     cache_dir: where generated deformed / corrupted sets are cached (``None``: no
       cache).
-    max_examples: evaluate on the first N test examples only.
+    max_examples: evaluate on N evenly spaced test examples only (class-balanced on a
+      class-sorted test set; real CIFAR-C sets keep their first N per severity).
     seed: seed of the generated sets and the PGD random start.
     log: optional ``print``-like progress callback.
 
@@ -570,7 +571,10 @@ def evaluate_all(
   if max_examples is not None:
     if not isinstance(max_examples, int) or max_examples < 1:
       raise ValueError(f"max_examples must be a positive int or None, got {max_examples!r}.")
-    images, labels = images[:max_examples], labels[:max_examples]
+    from jaxmix.data import spread_indices
+
+    keep = spread_indices(len(labels), max_examples)
+    images, labels = images[keep], labels[keep]
   log = log or (lambda s: None)
   result = {"n_examples": int(len(labels)), "batch_size": batch_size, "seconds": {}}
 

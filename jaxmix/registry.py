@@ -69,6 +69,7 @@ def _entries():
     "label_preserving",
     {"k": 3, "depth": 3, "beta": 3.0, "severity": 3},
     "Huang et al., IPMix, NeurIPS 2023",
+    pixel_space=True,
   )
   yield Method(
     "puzzlemix",

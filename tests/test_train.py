@@ -83,11 +83,28 @@ def test_one_step_every_method(method, small_model):
     hparams = {"block_size": 3}
   if method == "dropblock":
     hparams = {"block_size": 3}
+  if method == "ipmix":
+    hparams = {"patch_sizes": (4, 8, 16)}
   state, metrics, step = _run(small_model, _cfg(method, hparams=hparams), _mesh(2), _batch(8), steps=2)
   assert int(state.step) == 2
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
   assert np.isfinite(float(metrics["grad_norm"]))
   assert step._cache_size() == 1  # compiled once across steps (and sampled layers / block counts)
+
+
+def test_ipmix_jsd_step(small_model):
+  """IPMix trains with the JSD consistency loss (clean + two views, §9.5)."""
+  state, metrics, step = _run(
+    small_model, _cfg("ipmix", jsd=True, loss="ce", hparams={"patch_sizes": (4, 8, 16)}), _mesh(2), _batch(8), steps=2
+  )
+  assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
+  assert step._cache_size() == 1
+
+
+def test_pixel_space_methods_get_unnormalised_pixels():
+  """The registry marks IPMix as a [0, 1] pixel-space op; the rest get normalised inputs."""
+  assert jaxmix.METHODS["ipmix"].pixel_space
+  assert not any(m.pixel_space for name, m in jaxmix.METHODS.items() if name != "ipmix")
 
 
 def test_group_mixing_is_device_count_independent():
