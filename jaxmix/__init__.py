@@ -1,8 +1,9 @@
 """jaxmix: mixing-based data augmentation for JAX / Flax, pure and jit/vmap clean."""
 
-from jaxmix import data, fractals, image_ops, models
+from jaxmix import corruptions, data, deform, evaluate, fractals, hook, image_ops, losses, models
 from jaxmix.compose import maybe_apply, switch
 from jaxmix.core import MixResult, one_hot
+from jaxmix.evaluate import evaluate_all, expected_calibration_error, rms_calibration_error
 from jaxmix.hidden_ops import dropblock, dropblock_schedule, manifold_mixup, patchup
 from jaxmix.hook import hidden_mix
 from jaxmix.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
@@ -18,18 +19,25 @@ __all__ = (
   "Method",
   "MixResult",
   "bce_on_softmax",
+  "corruptions",
   "cutmix",
   "cutout",
   "data",
+  "deform",
   "dropblock",
   "dropblock_schedule",
+  "evaluate",
+  "evaluate_all",
+  "expected_calibration_error",
   "fractals",
   "get_method",
   "hidden_mix",
+  "hook",
   "image_ops",
   "ipmix",
   "ipmix_views",
   "jsd_loss",
+  "losses",
   "manifold_mixup",
   "maybe_apply",
   "mixup",
@@ -39,6 +47,7 @@ __all__ = (
   "patchup",
   "puzzlemix",
   "puzzlemix_train_batch",
+  "rms_calibration_error",
   "saliency",
   "softmax_cross_entropy",
   "switch",

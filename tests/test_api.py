@@ -16,7 +16,20 @@ from jaxmix import registry
 
 # Public functions that are not ops (no key, not mixing). Keep this list small and explicit:
 # a new public function is held to the op conventions unless it is named here.
-NON_OPS = frozenset({"one_hot", "saliency", "get_method", "bce_on_softmax", "softmax_cross_entropy", "jsd_loss", "dropblock_schedule"})
+NON_OPS = frozenset(
+  {
+    "one_hot",
+    "saliency",
+    "get_method",
+    "bce_on_softmax",
+    "softmax_cross_entropy",
+    "jsd_loss",
+    "dropblock_schedule",
+    "evaluate_all",
+    "expected_calibration_error",
+    "rms_calibration_error",
+  }
+)
 
 # Ops that mix pairs take the lam / perm overrides (API.md conventions).
 PAIR_OPS = ("mixup", "cutmix", "patch_augment", "manifold_mixup", "patchup", "puzzlemix")
