@@ -369,12 +369,18 @@ def ipmix(
   weights sum to 1, so that equals ``n`` of this function's ``[0, 1]`` output:
   normalise after ``ipmix`` (with any mean / std) and the result is identical.
 
-  Deviations: the mixing set defaults to procedural IFS fractals
-  (``jaxmix.fractals``; the official set is downloaded); add / multiply results are
-  clipped to ``[0, 1]`` before the uint8 conversion (the official code lets them
-  wrap, see ``_quantize``); translations scale with the image side (the official
-  code hard-codes 32). Chains start from ``x`` rounded to uint8 levels, as the
-  official PIL images are; the ``(1 - m) x`` term uses ``x`` as given.
+  Deviations: the mixing set defaults to 256 procedural IFS fractals
+  (``jaxmix.fractals``, 36x36 for 32x32 images, randomly cropped like the official
+  ``Resize(36)`` + ``RandomCrop(32)``; the official set is downloaded); add /
+  multiply results are clipped to ``[0, 1]`` before the uint8 conversion (the
+  official code lets them wrap, see ``_quantize``); translations scale with the
+  image side (the official code hard-codes 32); the per-pixel masks of
+  random_pixels / random_elems use hashed uniforms seeded from ``key`` (see
+  ``_hash_uniform``). The ImageNet variant (a P step mixing with an augmented copy
+  of ``x`` half the time) is not implemented. Chains start from ``x`` rounded to
+  uint8 levels, as the official PIL images are; the ``(1 - m) x`` term uses ``x``
+  as given. Per-sample draws come from batch-shaped calls, so a sample's
+  augmentation depends on the key and the batch size.
 
   Args:
     key: PRNG key.
