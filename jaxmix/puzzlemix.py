@@ -391,15 +391,38 @@ def _transport_tables(t: int, t_eps: float):
   xi_cost = np.float32(t_eps) * cost
   order = np.lexsort((np.broadcast_to(np.arange(n), (n, n)), xi_cost), axis=-1)
   sorted_cost = np.take_along_axis(xi_cost, order, axis=-1)
-  if t_eps > 0:
-    # A disc of radius^2 a holds at most pi (sqrt(a) + 1/sqrt(2))^2 lattice points;
-    # summed over rows with sum_i a_i = A, Cauchy-Schwarz bounds sum_i sqrt(a_i).
-    area = max(t - 1, 1) ** 2 / float(t_eps)
-    bound = math.pi * area + math.sqrt(2.0) * math.pi * math.sqrt(n * area) + 0.5 * math.pi * n + n
-    budget = int(min(n * n, math.ceil(bound)))
-  else:
-    budget = n * n
+  budget = _prefix_budget(sorted_cost) if t_eps > 0 else n * n
   return sorted_cost, order.astype(np.int32), budget
+
+
+def _prefix_budget(sorted_cost: np.ndarray, mass: float = 1.0 + 1e-4) -> int:
+  """Upper bound on ``sum_i #{r : sorted_cost[i, r] < s_i}`` over ``s >= 0``, ``sum s <= mass``.
+
+  Row i reaches ``k + 1`` cells once ``s_i > sorted_cost[i, k]``. Replacing each
+  row's step function by its concave majorant gives a fractional knapsack whose
+  greedy optimum (steepest hull segments first) bounds the integer one. ``mass``
+  leaves room for the float rounding of the normalised saliency.
+  """
+  n = sorted_cost.shape[0]
+  segments = []
+  for row in sorted_cost.astype(np.float64):
+    xs = np.unique(row)  # xs[0] = 0: the own cell
+    ys = np.searchsorted(row, xs, side="right").astype(np.float64)  # cells reached just above x
+    hull = []
+    for k in range(len(xs)):
+      while len(hull) >= 2 and (ys[hull[-1]] - ys[hull[-2]]) * (xs[k] - xs[hull[-2]]) <= (ys[k] - ys[hull[-2]]) * (
+        xs[hull[-1]] - xs[hull[-2]]
+      ):
+        hull.pop()
+      hull.append(k)
+    segments += [((ys[b] - ys[a]) / (xs[b] - xs[a]), xs[b] - xs[a]) for a, b in zip(hull[:-1], hull[1:], strict=True)]
+  total, left = float(n), mass
+  for slope, width in sorted(segments, key=lambda seg: -seg[0]):
+    take = min(width, left)
+    total, left = total + slope * take, left - take
+    if left <= 0:
+      break
+  return int(min(n * n, math.ceil(total) + 1))
 
 
 def _cumsum(x: Array) -> Array:
@@ -471,40 +494,42 @@ def _transport_plan(dest_mask: Array, sal: Array, t: int, t_eps: float) -> tuple
   col = jnp.take(jnp.asarray(order).reshape(-1), flat, mode="clip")
   val = jnp.take(sorted_cost.reshape(-1), flat, mode="clip") - _rows_take(sal, row)
   neg = (q < total) & _rows_take(dest_mask, col)
-  # Keep the first `rounds` negative entries of every row, compacted per row.
-  cneg = _cumsum(neg.astype(jnp.int32))
-  before = cneg - neg - jnp.where(row_off > 0, _rows_take(cneg, jnp.maximum(row_off - 1, 0)), 0)
-  keep = neg & (before < rounds)
-  ckeep = jnp.concatenate([jnp.zeros((g, 1), jnp.int32), _cumsum(keep.astype(jnp.int32))], axis=1)
-  pos = jnp.where(keep, ckeep[:, :-1] + gpos * budget, g * budget).reshape(-1)
-  list_col = jnp.zeros((g * budget,), jnp.int32).at[pos].set(col.reshape(-1), mode="drop").reshape(g, budget)
-  list_val = jnp.zeros((g * budget,), jnp.float32).at[pos].set(val.reshape(-1), mode="drop").reshape(g, budget)
-  base = _rows_take(ckeep, offs)
-  count = _rows_take(ckeep, jnp.minimum(ends, budget)) - base
+  # A row's pointer walks its negative entries: nxt[q] is the first one at or after
+  # flat position q (budget if none); the row is exhausted once it leaves its prefix.
+  nxt = jax.lax.associative_scan(jnp.minimum, jnp.where(neg, q, budget), axis=1, reverse=True)
+  nxt = jnp.concatenate([nxt, jnp.full((g, 1), budget, jnp.int32)], axis=1)
+  ends = jnp.minimum(ends, budget)
+  start = _rows_take(nxt, jnp.minimum(offs, budget))
   # Row 0's own cell costs exactly 0 when it is no destination or has no saliency.
   zero0 = jnp.logical_not(dest_mask[:, 0]) | (sal[:, 0] == 0)
 
-  def claims(p):
-    idx = jnp.minimum(base + p, budget - 1)
-    alive = p < count
-    own0 = zero0 & (p[:, 0] == count[:, 0])
+  def claims(ptr, own0_lost):
+    alive = ptr < ends
+    idx = jnp.minimum(ptr, budget - 1)
+    own0 = zero0 & ~alive[:, 0] & ~own0_lost
     alive = alive.at[:, 0].set(alive[:, 0] | own0)
-    cj = jnp.where(alive, _rows_take(list_col, idx).at[:, 0].multiply(jnp.where(own0, 0, 1)), n)  # n: dump column
-    cv = jnp.where(alive, _rows_take(list_val, idx).at[:, 0].multiply(jnp.where(own0, 0.0, 1.0)), jnp.inf)
+    cj = jnp.where(alive, _rows_take(col, idx).at[:, 0].multiply(jnp.where(own0, 0, 1)), n)  # n: dump column
+    cv = jnp.where(alive, _rows_take(val, idx).at[:, 0].multiply(jnp.where(own0, 0.0, 1.0)), jnp.inf)
     flat_col = (cj + gpos * (n + 1)).reshape(-1)
     colmin = jnp.full((g * (n + 1),), jnp.inf, jnp.float32).at[flat_col].min(cv.reshape(-1))
     best = alive & (cv == jnp.take(colmin, flat_col).reshape(g, n))
     colidx = jnp.full((g * (n + 1),), n, jnp.int32).at[flat_col].min(jnp.where(best, ii, n).reshape(-1))
     win = best & (jnp.take(colidx, flat_col).reshape(g, n) == ii) & ((cv < 0) | (ii == 0))
-    return alive, win, cj
+    return alive, win, cj, own0
 
-  def body(_, state):
-    p, dead0, _, _ = state
-    alive, win, cj = claims(p)
-    return p + (alive & ~win), dead0 | ~alive[:, 0], win, cj
+  def body(state):
+    r, _, ptr, own0_lost, dead0, _, _ = state
+    alive, win, cj, own0 = claims(ptr, own0_lost)
+    lost = alive & ~win
+    step = lost.at[:, 0].set(lost[:, 0] & ~own0)  # row 0's own-cell claim has no pointer
+    ptr = jnp.where(step, _rows_take(nxt, jnp.minimum(ptr + 1, budget)), ptr)
+    return r + 1, jnp.any(lost), ptr, own0_lost | (lost[:, 0] & own0), dead0 | ~alive[:, 0], win, cj
 
-  zeros = jnp.zeros((g, n), jnp.int32)
-  _, dead0, win, cj = jax.lax.fori_loop(0, rounds, body, (zeros, jnp.zeros((g,), bool), zeros > 0, zeros))
+  # `rounds` rounds, stopping early at a fixed point: a round without a loss leaves
+  # every pointer, hence every later round, unchanged (same plan as `rounds` rounds).
+  no = jnp.zeros((g,), bool)
+  init = (jnp.int32(0), jnp.bool_(True), start, no, no, start < 0, jnp.zeros((g, n), jnp.int32))
+  _, _, _, _, dead0, win, cj = jax.lax.while_loop(lambda st: (st[0] < rounds) & st[1], body, init)
   target = jnp.where(win, cj + gpos * n, g * n).reshape(-1)
   dest = jnp.full((g * n,), -1, jnp.int32).at[target].set(jnp.broadcast_to(ii, (g, n)).reshape(-1), mode="drop")
   return dest.reshape(g, n), dead0
