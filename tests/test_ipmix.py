@@ -112,6 +112,13 @@ def test_deterministic_from_key(default_out):
   assert not np.array_equal(np.asarray(_ipmix(jax.random.key(1), X, Y).images), np.asarray(default_out.images))
 
 
+def test_vmap_over_keys_equals_loop(default_out):
+  keys = jax.random.split(jax.random.key(12), 2)
+  mapped = np.asarray(jax.vmap(lambda key: _ipmix(key, X, Y).images)(keys))
+  looped = np.stack([np.asarray(_ipmix(key, X, Y).images) for key in keys])
+  np.testing.assert_allclose(mapped, looped, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # Patch step and sampling.
 
