@@ -32,11 +32,16 @@ def _skip_unless(words: core.Words, prob: float, mixed: MixResult, images: Array
 
 
 def _box_mask(height: int, width: int, y1, y2, x1, x2) -> Array:
-  """``[..., H, W]`` bool mask, True inside ``[y1, y2) x [x1, x2)``; bounds broadcast."""
-  rows = jnp.arange(height, dtype=jnp.int32)[:, None]
-  cols = jnp.arange(width, dtype=jnp.int32)[None, :]
-  e = lambda v: jnp.asarray(v)[..., None, None]  # noqa: E731
-  return (rows >= e(y1)) & (rows < e(y2)) & (cols >= e(x1)) & (cols < e(x2))
+  """``[..., H, W]`` bool mask, True inside ``[y1, y2) x [x1, x2)``; bounds broadcast.
+
+  Built as the outer AND of a row test ``[..., H]`` and a column test ``[..., W]``.
+  """
+  rows = jnp.arange(height, dtype=jnp.int32)
+  cols = jnp.arange(width, dtype=jnp.int32)
+  e = lambda v: jnp.asarray(v)[..., None]  # noqa: E731
+  in_rows = (rows >= e(y1)) & (rows < e(y2))
+  in_cols = (cols >= e(x1)) & (cols < e(x2))
+  return in_rows[..., :, None] & in_cols[..., None, :]
 
 
 def _check_pairing(pairing: str) -> None:
