@@ -4,7 +4,9 @@ Everything runs on device with per-sample randomness, vectorised over the batch:
 the ``B x k`` chains are one ``[B, k, H, W, C]`` array, and a chain of random depth
 is a fixed ``depth``-step ``lax.scan`` whose steps past the drawn depth keep the
 image. Both chain types (and every op of a step) are computed for every chain and
-the drawn one is selected, as ``vmap`` of a ``lax.switch`` would do. The batch axes
+the drawn one is selected, as ``vmap`` of a ``lax.switch`` would do; the IMG and
+the P chains run as two separate scans (about 1.7x faster on CPU than one scan
+whose fused step computes both). The batch axes
 are explicit rather than ``vmap``-ed because XLA:CPU runs the batched gathers and
 scatters ``vmap`` produces (bilinear taps, histograms) 5-20x slower than one flat
 gather / scatter; the result is the same either way, and ``ipmix`` itself can be
@@ -188,22 +190,29 @@ def _patch_step(u: Array, seeds: Array, x: Array, g: Array, patch_sizes: tuple[i
 def _chains(words: Array, is_img: Array, depth_drawn: Array, start: Array, g: Array, *, severity, patch_sizes, beta) -> Array:
   """Runs all chains: ``start`` ``[B, k, H, W, C]``, ``words`` ``[depth, B, k, _STEP_WORDS]``.
 
-  A chain of drawn depth ``d`` applies steps ``0..d-1`` of the fixed ``depth``-step
-  scan; later steps keep the image. Both chain types are computed and the chain's
-  type is selected.
+  A chain of drawn depth ``d`` applies steps ``0..d-1`` of a fixed ``depth``-step
+  scan; later steps keep the image. A chain's type is fixed, so every chain is run
+  once as an IMG chain and once as a P chain (two separate scans, which XLA keeps
+  as two small loops rather than one large fused step) and its type selects the
+  result.
   """
   e = lambda v: v[..., None, None, None]  # noqa: E731
+  steps = (jnp.arange(words.shape[0]), words)
 
-  def step(images, inputs):
+  def img_step(images, inputs):
     index, step_words = inputs
-    u = _to_uniform(step_words[..., :_STEP_UNIFORMS])
-    img = image_ops.random_op_from_uniforms(u[..., :3], images, severity=severity)
-    patch = _patch_step(u[..., 3:], step_words[..., _STEP_UNIFORMS:], images, g, patch_sizes, beta)
-    out = jnp.where(e(is_img), img, patch)
+    out = image_ops.random_op_from_uniforms(_to_uniform(step_words[..., :3]), images, severity=severity)
     return jnp.where(e(index < depth_drawn), out, images), None
 
-  out, _ = jax.lax.scan(step, start, (jnp.arange(words.shape[0]), words))
-  return out
+  def patch_step(images, inputs):
+    index, step_words = inputs
+    u = _to_uniform(step_words[..., 3:_STEP_UNIFORMS])
+    out = _patch_step(u, step_words[..., _STEP_UNIFORMS:], images, g, patch_sizes, beta)
+    return jnp.where(e(index < depth_drawn), out, images), None
+
+  img, _ = jax.lax.scan(img_step, start, steps)
+  patch, _ = jax.lax.scan(patch_step, start, steps)
+  return jnp.where(e(is_img), img, patch)
 
 
 def ipmix_from_pictures(
