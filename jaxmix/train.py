@@ -373,13 +373,19 @@ def train(cfg: TrainConfig) -> dict:
       shard_index=jax.process_index(),
     )
     progress = _Progress(epoch, spe, cfg.print_freq)
-    sums, count = None, 0
+    sums, count, timed = None, 0, 0
+    if epoch == start_epoch and first and "epoch_sums" in meta:  # resumed mid-epoch: the epoch's running sums
+      sums = {k: jnp.float32(v) for k, v in meta["epoch_sums"].items()}
+      count = meta["epoch_count"]
+    meta.pop("epoch_sums", None)
+    meta.pop("epoch_count", None)
     for i, batch in enumerate(jdata.prefetch_to_device(batches, 2, sharding), start=first):
       if i >= spe:
         break
       state, metrics = train_step(state, batch, base_key)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
+      timed += 1
       if (i + 1) % cfg.print_freq == 0 or i + 1 == spe:
         host = {k: float(v) / count for k, v in jax.device_get(sums).items()}
         if not math.isfinite(host["loss"]):
@@ -389,7 +395,12 @@ def train(cfg: TrainConfig) -> dict:
           )
         progress.update(i + 1, (i + 1 - first) * cfg.batch_size, host)
       if cfg.save_every_steps and int(state.step) % cfg.save_every_steps == 0 and i + 1 < spe:
-        _save(manager, state, {**meta, "train_seconds": meta["train_seconds"] + time.perf_counter() - t_run})
+        partial = {k: float(v) for k, v in jax.device_get(sums).items()}
+        _save(
+          manager,
+          state,
+          {**meta, "train_seconds": meta["train_seconds"] + time.perf_counter() - t_run, "epoch_sums": partial, "epoch_count": count},
+        )
     progress.close()
     train_metrics = {k: float(v) / max(count, 1) for k, v in jax.device_get(sums).items()} if sums else {}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -397,7 +408,7 @@ def train(cfg: TrainConfig) -> dict:
     if data.valid is not None:
       record["valid"] = evaluate(eval_step, variables, data.valid, data, eval_bs, sharding)
     record["test"] = evaluate(eval_step, variables, data.test, data, eval_bs, sharding)
-    record["img_per_s"] = count * cfg.batch_size / max(record["epoch_seconds"], 1e-9)
+    record["img_per_s"] = timed * cfg.batch_size / max(record["epoch_seconds"], 1e-9)
     meta["train_seconds"] += time.perf_counter() - t_run
     t_run = time.perf_counter()
     score = record["valid"]["top1"] if "valid" in record else record["test"]["top1"]

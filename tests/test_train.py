@@ -262,8 +262,9 @@ def test_cli_kill_and_resume_is_bit_identical(tmp_path):
   assert step_a == step_b
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  log_a = [json.loads(line)["test"] for line in open(tmp_path / "full" / "metrics.jsonl")]
-  log_b = [json.loads(line)["test"] for line in open(tmp_path / "killed" / "metrics.jsonl")]
+  keep = lambda r: (r["test"], r.get("valid"), r["train"])  # noqa: E731
+  log_a = [keep(json.loads(line)) for line in open(tmp_path / "full" / "metrics.jsonl")]
+  log_b = [keep(json.loads(line)) for line in open(tmp_path / "killed" / "metrics.jsonl")]
   assert log_a == log_b
 
   # A finished run is never overwritten: re-running returns its summary.
