@@ -101,6 +101,14 @@ def test_ipmix_jsd_step(small_model):
   assert step._cache_size() == 1
 
 
+def test_puzzlemix_adversarial_and_clean_lam_step(small_model):
+  """Puzzle Mix's adversarial variant (adv_p) with the clean-loss gradient reuse (clean_lam > 0)."""
+  cfg = _cfg("puzzlemix", clean_lam=1.0, hparams={"block_num": 4, "adv_p": 1.0, "adv_eps": 10.0})
+  state, metrics, step = _run(small_model, cfg, _mesh(2), _batch(8), steps=2)
+  assert int(state.step) == 2 and np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert step._cache_size() == 1
+
+
 def test_pixel_space_methods_get_unnormalised_pixels():
   """The registry marks IPMix as a [0, 1] pixel-space op; the rest get normalised inputs."""
   assert jaxmix.METHODS["ipmix"].pixel_space
