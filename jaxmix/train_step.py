@@ -22,6 +22,7 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
 from jaxmix import core
+from jaxmix.data import normalize  # the input pipeline's (x / 255 - mean) / std, on device
 from jaxmix.registry import get_method
 
 AXIS = "data"
@@ -86,12 +87,6 @@ def base_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
   return table[name]
 
 
-def normalize(images_u8: jax.Array, mean, std) -> jax.Array:
-  """uint8 (or [0, 255] float) images -> ``(x / 255 - mean) / std`` float32."""
-  x = images_u8.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
 def _l2_conv(params) -> jax.Array:
   leaves = jax.tree_util.tree_leaves_with_path(params)
   terms = [jnp.sum(jnp.square(v)) for path, v in leaves if "kernel" in jax.tree_util.keystr(path) and v.ndim == 4]
@@ -150,7 +145,7 @@ def make_loss_fn(model, cfg: StepConfig):
   def loss_fn(params, batch_stats, images_u8, labels_int, key, first_group):
     y = core.one_hot(labels_int, cfg.num_classes, cfg.label_smoothing)
     x01 = images_u8.astype(jnp.float32) / 255.0
-    norm = lambda v: (v - jnp.asarray(cfg.mean, jnp.float32)) / jnp.asarray(cfg.std, jnp.float32)  # noqa: E731
+    norm = functools.partial(normalize, mean=cfg.mean, std=cfg.std, max_value=1.0)
     extra_grads = None
     scale = jnp.float32(1.0)
     if method.site == "hidden":
