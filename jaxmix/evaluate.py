@@ -193,10 +193,13 @@ def _basic_metrics(logits: Array, labels: Array) -> tuple[Array, Array, Array]:
 
 
 def classification_metrics(logits: Array, labels: Array, *, calibration: bool = True) -> dict:
-  """Top-1 / top-5 (%), mean CE and (optionally) ECE / RMS calibration error (%).
+  """Top-1 / top-5 (%), mean CE and (optionally) calibration (%).
 
-  Returns plain Python floats. ``rms_calibration_error`` is ``None`` below 100
-  examples (see :func:`rms_calibration_error`).
+  Calibration adds ECE, the RMS calibration error and ``mean_confidence`` (the
+  mean max-softmax probability): ``mean_confidence - top1`` says whether a
+  miscalibrated model is over- (> 0) or under-confident (< 0), which ECE alone
+  does not. Returns plain Python floats. ``rms_calibration_error`` is ``None``
+  below 100 examples (see :func:`rms_calibration_error`).
   """
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)
@@ -205,6 +208,7 @@ def classification_metrics(logits: Array, labels: Array, *, calibration: bool = 
   if calibration:
     probs = jax.nn.softmax(logits, axis=-1)
     out["ece"] = 100.0 * float(expected_calibration_error(probs, labels, 15))
+    out["mean_confidence"] = 100.0 * float(jnp.mean(jnp.max(probs, axis=-1)))
     enough = logits.shape[0] >= 100
     out["rms_calibration_error"] = 100.0 * float(rms_calibration_error(probs, labels)) if enough else None
     out["rms_calibration_error_all_bins"] = 100.0 * float(rms_calibration_error(probs, labels, include_last_bin=True)) if enough else None
@@ -748,6 +752,7 @@ def format_summary(metrics: dict) -> str:
   lines = [
     f"examples: {metrics['n_examples']}",
     f"clean: top1 {c['top1']:.2f}%  top5 {c['top5']:.2f}%  CE {c['ce']:.4f}  ECE {fmt(c.get('ece'))}%  "
+    f"mean confidence {fmt(c.get('mean_confidence'))}%  "
     f"RMS calib {fmt(c.get('rms_calibration_error'))}% (official, last bin skipped; "
     f"all bins {fmt(c.get('rms_calibration_error_all_bins'))}%)",
   ]

@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--keep_checkpoints", type=int, default=2)
   a("--save_every_steps", type=int, default=0, help="also checkpoint every N steps within an epoch")
   a("--max_steps_per_epoch", type=int, default=0, help="cap the steps per epoch (smoke runs)")
-  a("--max_eval_examples", type=int, default=0, help="evaluate on the first N test/valid examples only (smoke runs; 0 = all)")
+  a("--max_eval_examples", type=int, default=0, help="evaluate on N evenly spaced test/valid examples only (smoke runs; 0 = all)")
   a("--print_freq", type=int, default=50)
   g = p.add_argument_group("method hyper-parameters (unset = the method's seed default)")
   ga = g.add_argument

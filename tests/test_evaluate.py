@@ -69,6 +69,14 @@ def test_ece_of_calibrated_predictor_is_near_zero():
   assert rms < 0.05  # bins of 100: sampling noise ~ sqrt(p(1-p)/100)
 
 
+def test_mean_confidence_says_over_or_under_confident():
+  # Two examples, both predicted class 0 with p = 0.9 and 0.6; one is right.
+  logits = jnp.log(jnp.array([[0.9, 0.1], [0.6, 0.4]]))
+  m = ev.classification_metrics(logits, jnp.array([0, 1]))
+  assert m["mean_confidence"] == pytest.approx(75.0, abs=1e-4) and m["top1"] == 50.0  # over-confident by 25 points
+  assert "mean_confidence" not in ev.classification_metrics(logits, jnp.array([0, 1]), calibration=False)
+
+
 def test_ece_of_overconfident_predictor_hand_computed():
   # 4 examples at confidence 0.95 (3 correct) and 4 at 0.65 (2 correct):
   # ECE = 0.5 |0.95 - 0.75| + 0.5 |0.65 - 0.5| = 0.175.

@@ -1,4 +1,4 @@
-"""Tests of ``experiments/``: the seed commands, the runner and the CPU benchmark helpers (no training)."""
+"""Tests of ``experiments/``: the seed commands, the runner and the CPU benchmark (one tiny real run)."""
 
 import itertools
 import json
@@ -11,6 +11,8 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from conftest import CIFAR_DIR  # noqa: E402
 
 import jaxmix  # noqa: E402
 from experiments import cpu_benchmark as cb  # noqa: E402
@@ -235,6 +237,7 @@ def _record(method, seed, top1, ece=2.0, fgsm=10.0, corr=50.0):
     "ece": ece,
     "fgsm_top1": fgsm,
     "corruption_top1": corr,
+    "overconfidence": -3.0,
     "timing": {"train_wall_s": 100.0 + seed, "train_cpu_s": 150.0, "eval_wall_s": 20.0, "eval_cpu_s": 30.0},
   }
 
@@ -247,6 +250,15 @@ def test_aggregate_known_answer():
   assert v["mean"] == pytest.approx(61.0) and v["sd"] == pytest.approx(np.sqrt(2.0)) and (v["min"], v["max"]) == (60.0, 62.0)
   assert agg["mixup"]["test_top1"]["sd"] == 0.0 and agg["mixup"]["n_seeds"] == 1
   assert agg["vanilla"]["train_wall_s_mean"] == pytest.approx(100.5)
+
+
+def test_aggregate_counts_the_time_before_a_resume():
+  # A resumed run's last train() call only saw its tail (30 s); the trainer's own
+  # clock, carried in the checkpoint, saw all of it (400 s).
+  resumed = _record("ipmix", 0, 50.0)
+  resumed["timing"] |= {"train_wall_s": 30.0, "train_seconds_in_summary": 400.0}
+  agg = cb.aggregate([resumed, _record("ipmix", 1, 52.0)], ("ipmix",))
+  assert agg["ipmix"]["train_wall_s_mean"] == pytest.approx((400.0 + 101.0) / 2)
 
 
 def test_outputs_written(tmp_path):
@@ -303,3 +315,29 @@ def test_main_survives_a_failing_method(tmp_path, monkeypatch):
   assert "SMOKE RUN" in summary["meta"]["title"]
   assert summary["meta"]["sum_run_wall_s"] == pytest.approx(241.0) and summary["meta"]["sum_run_cpu_s"] == pytest.approx(360.0)
   assert "FAILED: mixup seed 0: ValueError: boom" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_run_one_trains_evaluates_caches_and_backfills(tmp_path):
+  """One real (tiny) benchmark run: trains on the CIFAR-10 zips, evaluates, caches eval.json."""
+  from jaxmix import data as jdata
+
+  argv = ["--data_dir", CIFAR_DIR, "--root_dir", str(tmp_path), "--labels_per_class", "2", "--epochs", "1", "--batch_size", "10"]
+  argv += ["--fgsm_examples", "20", "--corruption_examples", "10", "--corruptions", "contrast", "--widths", "8", "8", "8", "8"]
+  s = cb.settings_from_args(cb.build_parser().parse_args(argv))
+  test = jdata.load("cifar10", CIFAR_DIR).test
+  idx = np.linspace(0, len(test.labels) - 1, 200).astype(int)  # 20 per class: the test set is class-sorted
+  test = (np.asarray(test.images)[idx], np.asarray(test.labels)[idx])
+  rec = cb.run_one(s, "vanilla", 0, test, log=lambda *a: None)
+  assert rec["test_n"] == 200 and rec["fgsm_n"] == 20 and rec["corruption_n"] == 10
+  assert set(rec["corruptions"]) == {"contrast"} and 0.0 <= rec["test_top1"] <= 100.0
+  assert rec["overconfidence"] == pytest.approx(rec["mean_confidence"] - rec["test_top1"])
+  eval_path = tmp_path / "vanilla_seed0" / "eval.json"
+  assert json.loads(eval_path.read_text()) == rec
+  assert cb.run_one(s, "vanilla", 0, test) == rec  # finished: read back, not retrained
+  # An eval.json from before the confidence was recorded gets it added from the checkpoint.
+  old = {k: v for k, v in rec.items() if k not in ("mean_confidence", "overconfidence")}
+  eval_path.write_text(json.dumps(old))
+  again = cb.run_one(s, "vanilla", 0, test, log=lambda *a: None)
+  assert again["mean_confidence"] == pytest.approx(rec["mean_confidence"], abs=1e-3)
+  assert json.loads(eval_path.read_text())["overconfidence"] == pytest.approx(rec["overconfidence"], abs=1e-3)
