@@ -397,9 +397,14 @@ def plot(agg: dict, records: Sequence[dict], path: str, title: str) -> None:
   import matplotlib.pyplot as plt
 
   methods = list(agg)
-  fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.2 * len(HEADLINE), 4.2), constrained_layout=True)
+  ncols = min(3, len(HEADLINE))
+  nrows = -(-len(HEADLINE) // ncols)
+  fig, grid = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.0 * nrows), constrained_layout=True, squeeze=False)
+  axes = grid.ravel()
+  for ax in axes[len(HEADLINE) :]:
+    ax.set_axis_off()
   x = np.arange(len(methods))
-  for ax, (key, label) in zip(axes, HEADLINE, strict=True):
+  for ax, (key, label) in zip(axes[: len(HEADLINE)], HEADLINE, strict=True):
     means = [agg[m][key]["mean"] for m in methods]
     sds = [agg[m][key]["sd"] for m in methods]
     # Points (mean ± sd, and every seed) rather than bars: the y axis does not start at 0.
