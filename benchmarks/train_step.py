@@ -1,18 +1,26 @@
-"""Train-step cost of every registry method relative to vanilla, and the input rate.
+"""Mixing-op time and train-step cost of every registry method, and the input rate.
 
-For the small CPU model (``preactresnet_small``) on real CIFAR-10 batches, times the
-jitted data-parallel step (``jaxmix.train_step.make_train_step``) of each method in
-one run, prints ms/step, img/s and the ratio to the vanilla step, then the rate of the
-tf.data input pipeline (``jaxmix.data.train_batches``) on the same batches, so you can
-see whether training is input-bound.
+For the small CPU model (``preactresnet_small``) on real CIFAR-10 batches, in one run:
 
-Usage:
-  python benchmarks/train_step.py --data_dir ../shared/data/cifar10 [--batch 128] [--steps 20]
+* the mixing op alone, jitted, on what it sees in training: the normalised batch
+  (input ops), [0, 1] pixels (IPMix, one view), a ``[B, 32, 32, 16]`` feature map
+  (the ``layer1`` output of ``preactresnet_small``; hidden ops), or the normalised
+  batch plus a saliency map (Puzzle Mix; the saliency's backward pass is not in the
+  op time but is in the step);
+* the jitted data-parallel step (``jaxmix.train_step.make_train_step``) of each
+  method: ms/step, img/s and the ratio to the vanilla step; IPMix twice, with one
+  view and CE and with the JSD loss of its recipe (3 forward/backward passes);
+* the rate of the tf.data input pipeline (``jaxmix.data.train_batches``) on the
+  same batches, to see whether training is input-bound.
+
+Medians over ``--steps`` calls. Usage:
+  python benchmarks/train_step.py --data_dir ../shared/data/cifar10 [--batch 128] [--steps 20] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -20,6 +28,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -28,8 +37,52 @@ from jaxmix import data as jdata
 from jaxmix import models
 from jaxmix import train_step as ts
 
+FEATURES = (32, 32, 16)  # layer1 output of preactresnet_small on CIFAR
 
-def _time_step(model, method, batches, args, mesh, sharding, replicated, ds):
+
+def _op_inputs(method, batch, ds, key):
+  """What the op of ``method`` sees in a train step, and a short description of it."""
+  m = jaxmix.METHODS[method]
+  x01 = jnp.asarray(batch["image"], jnp.float32) / 255.0
+  y = jaxmix.one_hot(jnp.asarray(batch["label"]), 10)
+  k_feat, k_grad = jax.random.split(key)
+  if m.site == "hidden":
+    return (jax.random.normal(k_feat, (x01.shape[0], *FEATURES)), y), "features [B, 32, 32, 16]"
+  if m.pixel_space:
+    return (x01, y), "pixels [0, 1]"
+  x = jdata.normalize(x01, ds.mean, ds.std, max_value=1.0)
+  if m.site == "saliency":  # a stand-in for the input gradient (its backward pass is timed in the step)
+    return (x, y, jaxmix.saliency(jax.random.normal(k_grad, x.shape))), "normalised + saliency"
+  return (x, y), "normalised batch"
+
+
+def _op_fn(method, ds):
+  m = jaxmix.METHODS[method]
+  params = inspect.signature(m.op).parameters
+  kw = {k: v for k, v in m.defaults.items() if k in params}  # drops hidden_mix-only keys (drop_block_all)
+  if m.site == "saliency":
+    kw |= {"mean": ds.mean, "std": ds.std}
+  if "labels" not in params:  # dropblock: features only
+    return jax.jit(lambda key, x, y: m.op(key, x, **kw))
+  return jax.jit(lambda key, x, y, *extra: m.op(key, x, y, *extra, **kw))
+
+
+def _time_op(method, batch, ds, steps):
+  """Median ms of the jitted op on one batch (outputs blocked on)."""
+  inputs, where = _op_inputs(method, batch, ds, jax.random.key(2))
+  fn = _op_fn(method, ds)
+  key = jax.random.key(3)
+  jax.block_until_ready(fn(key, *inputs))
+  times = []
+  for i in range(steps):
+    k = jax.random.fold_in(key, i)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(k, *inputs))
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times), where
+
+
+def _time_step(model, method, batches, args, mesh, sharding, replicated, ds, jsd=False):
   hp = dict(jaxmix.METHODS[method].defaults)
   cfg = ts.StepConfig(
     method=method,
@@ -37,7 +90,7 @@ def _time_step(model, method, batches, args, mesh, sharding, replicated, ds):
     num_classes=10,
     mean=ds.mean,
     std=ds.std,
-    jsd=method == "ipmix" and args.jsd,
+    jsd=jsd,
   )
   step = ts.make_train_step(model, cfg, mesh)
   state = ts.init_state(model, optax.sgd(0.01, momentum=0.9), jax.random.key(0), (32, 32, 3), seed_key=jax.random.key(0))
@@ -63,7 +116,6 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--methods", nargs="*", default=None)
-  p.add_argument("--jsd", action="store_true", help="time IPMix with the JSD loss (3 forward passes)")
   p.add_argument("--out", default=None, help="also write the results as JSON")
   args = p.parse_args()
 
@@ -81,15 +133,19 @@ def main():
   cpu = platform.processor() or platform.machine()
   print(f"# {time.strftime('%Y-%m-%d')} | {cpu} | {os.cpu_count()} cores | {jax.device_count()} device(s)")
   print(f"# preactresnet_small ({models.count_params(model):,} params), batch {args.batch}, median of {args.steps} steps\n")
-  print("| method | compile s | ms/step | img/s | step / vanilla |")
-  print("|---|---:|---:|---:|---:|")
+  print("| method | op acts on | op ms / batch | step compile s | ms / step | img/s | step / vanilla |")
+  print("|---|---|---:|---:|---:|---:|---:|")
   rows = {}
-  for method in methods:
-    compile_s, step_s = _time_step(model, method, batches, args, mesh, sharding, replicated, ds)
-    rows[method] = {"compile_s": compile_s, "step_ms": 1e3 * step_s, "img_per_s": args.batch / step_s}
-    ratio = step_s / (rows["vanilla"]["step_ms"] / 1e3)
-    rows[method]["ratio"] = ratio
-    print(f"| {method} | {compile_s:.1f} | {1e3 * step_s:.1f} | {args.batch / step_s:.0f} | {ratio:.2f} |", flush=True)
+  runs = [(m, m, False) for m in methods] + ([("ipmix + JSD", "ipmix", True)] if "ipmix" in methods else [])
+  for label, method, jsd in runs:
+    op_ms, where = _time_op(method, batches[0], ds, args.steps)
+    compile_s, step_s = _time_step(model, method, batches, args, mesh, sharding, replicated, ds, jsd=jsd)
+    ratio = step_s / (rows["vanilla"]["step_ms"] / 1e3) if rows else 1.0
+    rows[label] = {"op_ms": op_ms, "op_input": where, "compile_s": compile_s, "step_ms": 1e3 * step_s, "img_per_s": args.batch / step_s}
+    rows[label]["ratio"] = ratio
+    print(
+      f"| {label} | {where} | {op_ms:.2f} | {compile_s:.1f} | {1e3 * step_s:.1f} | {args.batch / step_s:.0f} | {ratio:.2f} |", flush=True
+    )
 
   t0 = time.perf_counter()
   n = 0
