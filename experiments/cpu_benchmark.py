@@ -182,9 +182,7 @@ def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
   logits_fn, data, _ = jtrain.restore_for_eval(run_dir)
   images, labels = test
   cache = os.path.join(s.root_dir, "eval_cache")
-  clean = jeval.evaluate_all(
-    logits_fn, images, labels, mean=data.mean, std=data.std, batch_size=500, fgsm=False, deformed=False, corruptions=False
-  )
+  clean = _clean_metrics(logits_fn, data, images, labels)
   idx = balanced_indices(labels, s.fgsm_examples, data.num_classes)
   fgsm = jeval.evaluate_all(
     logits_fn, images[idx], labels[idx], mean=data.mean, std=data.std, batch_size=100, fgsm=True, deformed=False, corruptions=False
@@ -210,11 +208,10 @@ def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
     "run_dir": run_dir,
     "hparams": summary.get("hparams"),
     "jsd": cfg.jsd,
-    "test_top1": clean["clean"]["top1"],
-    "ece": clean["clean"]["ece"],
-    "mean_confidence": clean["clean"]["mean_confidence"],
-    "overconfidence": clean["clean"]["mean_confidence"] - clean["clean"]["top1"],
-    "rms_calibration_error": clean["clean"]["rms_calibration_error"],
+    "test_top1": clean["top1"],
+    "ece": clean["ece"],
+    **_confidence_fields(clean),
+    "rms_calibration_error": clean["rms_calibration_error"],
     "test_n": clean["n_examples"],
     "fgsm_top1": fgsm["fgsm"]["pixel"][FGSM_KEY]["top1"],
     "fgsm_clean_top1": fgsm["clean"]["top1"],
@@ -236,23 +233,34 @@ def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
   return record
 
 
+def _clean_metrics(logits_fn, data, images, labels) -> dict:
+  """Clean top-1 / calibration on the whole test set (``evaluate_all``'s "clean" dict plus ``n_examples``)."""
+  from jaxmix import evaluate as jeval
+
+  res = jeval.evaluate_all(
+    logits_fn, images, labels, mean=data.mean, std=data.std, batch_size=500, fgsm=False, deformed=False, corruptions=False
+  )
+  return res["clean"] | {"n_examples": res["n_examples"]}
+
+
+def _confidence_fields(clean: dict) -> dict:
+  return {"mean_confidence": clean["mean_confidence"], "overconfidence": clean["mean_confidence"] - clean["top1"]}
+
+
 def _add_confidence(record: dict, run_dir: str, test, eval_path: str, log=print) -> dict:
   """Adds the mean confidence to an ``eval.json`` written before it was recorded.
 
   Re-runs only the clean pass of the restored checkpoint (~10 s) and checks that
   it reproduces the stored top-1, so the new number belongs to the same model.
   """
-  from jaxmix import evaluate as jeval
   from jaxmix import train as jtrain
 
   logits_fn, data, _ = jtrain.restore_for_eval(run_dir)
   images, labels = test
-  clean = jeval.evaluate_all(
-    logits_fn, images, labels, mean=data.mean, std=data.std, batch_size=500, fgsm=False, deformed=False, corruptions=False
-  )["clean"]
+  clean = _clean_metrics(logits_fn, data, images, labels)
   if abs(clean["top1"] - record["test_top1"]) > 0.015:  # 0.01 % = one of 10,000 images
     raise RuntimeError(f"{run_dir}: re-evaluated top-1 {clean['top1']:.2f} != stored {record['test_top1']:.2f}")
-  record = record | {"mean_confidence": clean["mean_confidence"], "overconfidence": clean["mean_confidence"] - clean["top1"]}
+  record = record | _confidence_fields(clean)
   with open(eval_path, "w") as f:
     json.dump(record, f, indent=2)
   log(f"cpu_benchmark: {record['method']} seed {record['seed']}: added mean confidence {clean['mean_confidence']:.2f}")

@@ -208,7 +208,7 @@ def classification_metrics(logits: Array, labels: Array, *, calibration: bool = 
   if calibration:
     probs = jax.nn.softmax(logits, axis=-1)
     out["ece"] = 100.0 * float(expected_calibration_error(probs, labels, 15))
-    out["mean_confidence"] = 100.0 * float(jnp.mean(jnp.max(probs, axis=-1)))
+    out["mean_confidence"] = 100.0 * float(jnp.mean(_confidence_correct(probs, labels)[0]))
     enough = logits.shape[0] >= 100
     out["rms_calibration_error"] = 100.0 * float(rms_calibration_error(probs, labels)) if enough else None
     out["rms_calibration_error_all_bins"] = 100.0 * float(rms_calibration_error(probs, labels, include_last_bin=True)) if enough else None
