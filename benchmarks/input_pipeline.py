@@ -47,7 +47,7 @@ def _report(name: str, times: list[float], count: int) -> None:
 def bench_decode(data_dir: str, repeats: int) -> None:
   from PIL import Image
 
-  from jaxmix import data
+  from jaxmix.training import data
 
   path = os.path.join(data_dir, "train.zip")
   t = time.perf_counter()
@@ -84,7 +84,7 @@ def bench_decode(data_dir: str, repeats: int) -> None:
 
 
 def bench_pipeline(data_dir: str, repeats: int, epochs: int, batch_size: int, device: bool) -> None:
-  from jaxmix import data
+  from jaxmix.training import data
 
   ds = data.load("cifar10", data_dir)
   steps = data.steps_per_epoch(ds.train, batch_size)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxmix
-from jaxmix import fractals, image_ops
+from jaxmix.ops import fractals, image_ops
 
 ipmix_module = importlib.import_module("jaxmix.ipmix")
 

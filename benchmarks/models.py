@@ -21,7 +21,7 @@ import time
 import jax
 
 import jaxmix
-from jaxmix import models
+from jaxmix.training import models
 
 
 def make_step(model, method: str):

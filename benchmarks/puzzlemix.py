@@ -294,7 +294,7 @@ def section_step(images01, labels, rounds: int) -> None:
   import optax
   from jax.sharding import Mesh
 
-  from jaxmix import train_step as ts
+  from jaxmix.training import step as ts
 
   model = jaxmix.models.get_model("preactresnet_small", num_classes=10)
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",))

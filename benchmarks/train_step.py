@@ -7,7 +7,7 @@ For the small CPU model (``preactresnet_small``) on real CIFAR-10 batches, in on
   (the ``layer1`` output of ``preactresnet_small``; hidden ops), or the normalised
   batch plus a saliency map (Puzzle Mix; the saliency's backward pass is not in the
   op time but is in the step);
-* the jitted data-parallel step (``jaxmix.train_step.make_train_step``) of each
+* the jitted data-parallel step (``jaxmix.training.make_train_step``) of each
   method: ms/step, img/s and the ratio to the vanilla step; IPMix twice, with one
   view and CE and with the JSD loss of its recipe (3 forward/backward passes);
 * the rate of the tf.data input pipeline (``jaxmix.data.train_batches``) on the
@@ -33,9 +33,9 @@ import numpy as np
 import optax
 
 import jaxmix
-from jaxmix import data as jdata
-from jaxmix import models
-from jaxmix import train_step as ts
+from jaxmix.training import data as jdata
+from jaxmix.training import models
+from jaxmix.training import step as ts
 
 FEATURES = (32, 32, 16)  # layer1 output of preactresnet_small on CIFAR
 

@@ -2,8 +2,8 @@
 
 For every method of ``jaxmix.METHODS`` (with its registry seed defaults; IPMix also
 with its seed JSD loss) and every seed, train the small ``preactresnet_small`` on a
-class-balanced CIFAR-10 training subset through ``jaxmix.train.train``, restore the
-last checkpoint with ``jaxmix.train.restore_for_eval`` and evaluate it with
+class-balanced CIFAR-10 training subset through ``jaxmix.training.train``, restore the
+last checkpoint with ``jaxmix.training.restore_for_eval`` and evaluate it with
 ``jaxmix.evaluate.evaluate_all``:
 
 * clean top-1 and ECE (15 bins) on the full 10,000-image test set;
@@ -115,8 +115,8 @@ def balanced_indices(labels: np.ndarray, n: int, num_classes: int, seed: int = 1
 
 
 def train_config(s: Settings, method: str, seed: int):
-  """The ``jaxmix.train.TrainConfig`` of one benchmark run."""
-  from jaxmix.train import TrainConfig
+  """The ``jaxmix.training.TrainConfig`` of one benchmark run."""
+  from jaxmix.training import TrainConfig
 
   return TrainConfig(
     dataset="cifar10",
@@ -155,8 +155,8 @@ def train_config(s: Settings, method: str, seed: int):
 
 def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
   """Trains (or resumes / skips) and evaluates one run; returns its record."""
-  from jaxmix import evaluate as jeval
-  from jaxmix import train as jtrain
+  from jaxmix import evaluation as jeval
+  from jaxmix import training as jtrain
 
   cfg = train_config(s, method, seed)
   run_dir = cfg.run_dir()
@@ -235,7 +235,7 @@ def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
 
 def _clean_metrics(logits_fn, data, images, labels) -> dict:
   """Clean top-1 / calibration on the whole test set (``evaluate_all``'s "clean" dict plus ``n_examples``)."""
-  from jaxmix import evaluate as jeval
+  from jaxmix import evaluation as jeval
 
   res = jeval.evaluate_all(
     logits_fn, images, labels, mean=data.mean, std=data.std, batch_size=500, fgsm=False, deformed=False, corruptions=False
@@ -253,7 +253,7 @@ def _add_confidence(record: dict, run_dir: str, test, eval_path: str, log=print)
   Re-runs only the clean pass of the restored checkpoint (~10 s) and checks that
   it reproduces the stored top-1, so the new number belongs to the same model.
   """
-  from jaxmix import train as jtrain
+  from jaxmix import training as jtrain
 
   logits_fn, data, _ = jtrain.restore_for_eval(run_dir)
   images, labels = test
@@ -270,7 +270,7 @@ def _add_confidence(record: dict, run_dir: str, test, eval_path: str, log=print)
 def measure_steps(s: Settings, methods: Sequence[str], steps: int = 8, log=print) -> dict:
   """Times the jitted train step of each method on the benchmark's model and batch.
 
-  Builds the step exactly as ``jaxmix.train.train`` does (same config), runs 2
+  Builds the step exactly as ``jaxmix.training.train`` does (same config), runs 2
   warm-up steps (compilation) and then ``steps`` timed steps on real batches.
 
   Returns:
@@ -280,22 +280,24 @@ def measure_steps(s: Settings, methods: Sequence[str], steps: int = 8, log=print
   """
   import jax
 
-  from jaxmix import data as jdata
-  from jaxmix import models
-  from jaxmix import train as jtrain
-  from jaxmix import train_step as ts
+  from jaxmix import training as jtrain
+  from jaxmix.training import data as jdata
+  from jaxmix.training import models
+  from jaxmix.training import step as ts
 
   out = {}
   for method in methods:
     cfg = train_config(s, method, 0)
-    data = jtrain._load_data(cfg)
+    data = jtrain.config.load_data(cfg)
     mesh = jax.make_mesh((1,), (ts.AXIS,), devices=jax.devices()[:1])
     model = models.get_model(cfg.arch, data.num_classes, **cfg.model_kwargs)
     spe = jdata.steps_per_epoch(data.train, cfg.batch_size)
     state = ts.init_state(
       model, jtrain.make_optimizer(cfg, spe), jax.random.key(0), data.train.images.shape[1:], seed_key=jax.random.key(0)
     )
-    step = ts.make_train_step(model, jtrain._step_config(cfg, data), mesh, per_device_batch=cfg.batch_size)
+    step = ts.make_train_step(
+      model, jtrain.config.step_config(cfg, data.num_classes, data.mean, data.std), mesh, per_device_batch=cfg.batch_size
+    )
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     key = np.array(jax.device_get(state.rng))
@@ -532,7 +534,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     print(f"cpu_benchmark: {e}", file=sys.stderr)
     return 2
-  from jaxmix import data as jdata
+  from jaxmix.training import data as jdata
 
   if args.measure:
     return _measure_main(s)

@@ -9,7 +9,7 @@ Usage::
 ``--only`` takes exact names or shell-style patterns (``'patchup.cifar10.*'``).
 Flags after ``--`` are appended to every command, so they override the entry's
 (e.g. ``-- --epochs 2 --max_steps_per_epoch 5`` for a smoke run). Each run goes
-through ``jaxmix.train.train`` into ``ROOT_DIR/NAME``; a finished run is not
+through ``jaxmix.training.train`` into ``ROOT_DIR/NAME``; a finished run is not
 retrained (its summary is returned), an interrupted one resumes.
 ``--report`` prints, for the chosen entries, the papers' numbers next to the
 ``summary.json`` of the runs found under ``--root_dir``.
@@ -54,8 +54,8 @@ def command(exp: Experiment, *, data_dir: Optional[str], root_dir: str, extra: S
 
 
 def config(exp: Experiment, *, data_dir: Optional[str] = None, root_dir: str = "runs", extra: Sequence[str] = ()):
-  """The ``jaxmix.train.TrainConfig`` of ``exp``, parsed by ``jaxmix train``'s own parser."""
-  from jaxmix import train as jtrain
+  """The ``jaxmix.training.TrainConfig`` of ``exp``, parsed by ``jaxmix train``'s own parser."""
+  from jaxmix import training as jtrain
 
   args = jtrain.build_parser().parse_args(command(exp, data_dir=data_dir, root_dir=root_dir, extra=extra))
   return jtrain.config_from_args(args)
@@ -123,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for e in entries:
       print("jaxmix train " + shlex.join(command(e, data_dir=args.data_dir, root_dir=args.root_dir, extra=extra)))
     return 0
-  from jaxmix import train as jtrain
+  from jaxmix import training as jtrain
 
   for e in entries:
     print(f"experiments.run: {e.name} (expected: {_fmt_expected(e)})", flush=True)

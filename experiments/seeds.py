@@ -13,19 +13,19 @@ Seed repositories and how their flags map onto ``jaxmix train``:
   change only ``--dataset`` and ``--labels_per_class`` / ``--valid_labels_per_class``
   (README "CIFAR-100" / "SVHN" sections); SVHN also gets ``--cutout 20`` (README note)
   and ``--flip False`` (PatchUp's ``data_loader.py`` crops SVHN without flipping,
-  ALGORITHMS.md §11.1).
-* **Patch Augmentation** (``mdbloice/Patch-Augmentation`` notebooks, §11.6): Keras
+  docs/algorithms/recipes.md#preactresnet-and-wrn-lineage).
+* **Patch Augmentation** (``mdbloice/Patch-Augmentation`` notebooks, docs/algorithms/recipes.md#keras-resnet20v1-and-resnet29v2): Keras
   ResNet20v1 / ResNet29v2, Adam 1e-3 with the notebook's per-epoch schedule, L2 1e-4
   on conv kernels in the loss, categorical CE, batch 128, 200 epochs, no crop/flip.
   Deviation: the notebooks subtract the per-pixel mean image; jaxmix normalises
   with the per-channel CIFAR mean/std.
-* **Puzzle Mix** (``snu-mllab/PuzzleMix`` README, §8.3 / §11.1): CIFAR-100 with the
+* **Puzzle Mix** (``snu-mllab/PuzzleMix`` README, docs/algorithms/puzzlemix.md / docs/algorithms/recipes.md): CIFAR-100 with the
   full training set (``--labels_per_class 500``, no validation split), batch 100.
   PuzzleMix's ``--train mixup --graph True`` is ``--train puzzlemix``; its
   ``--beta`` is ``--pm_beta``; ``--gammas`` is ``--step_factors``; ``--train
   mixup_hidden`` is ``manifold_mixup``; ``--box True`` (CutMix applied to every
   batch) is ``cutmix --cutmix_prob 1.0``.
-* **IPMix** (``hzlsaber/IPMix`` README + ``cifar.py`` defaults, §9.5 / §11.5): JSD
+* **IPMix** (``hzlsaber/IPMix`` README + ``cifar.py`` defaults, docs/algorithms/ipmix.md / docs/algorithms/recipes.md): JSD
   on, SGD Nesterov 0.1, wd 5e-4, batch 128, 100 epochs, per-step cosine decay,
   crop padding 4, CE. Deviations: jaxmix has no WRN-40-4 (IPMix's default model), so
   the entries use WRN-28-10 and PreActResNet-18 (IPMix also released WRN-28-10 and
@@ -48,7 +48,7 @@ SRC_PATCHUP = (
 SRC_PA_README = (
   "mdbloice/Patch-Augmentation README (current version, as stored at github.com/mdbloice/Patch-Augmentation): "
   "table 'test set accuracy' (Dataset | Model | No Augmentation | Patch Augmentation). The notebooks report the "
-  "max test accuracy over epochs (ALGORITHMS.md 11.6)."
+  "max test accuracy over epochs (docs/algorithms/ 11.6)."
 )
 SRC_PA_README_C100 = (
   "mdbloice/Patch-Augmentation README: ResNet20v1 CIFAR-100 baseline 44.08% (table); the Patch Augmentation cell "
@@ -243,7 +243,7 @@ _PM_BASELINES = {
 
 
 def _puzzlemix_entries():
-  note = "graph-free Puzzle Mix (ALGORITHMS.md 8.4); PuzzleMix reports the median test accuracy of the last 10 epochs"
+  note = "graph-free Puzzle Mix (docs/algorithms/ 8.4); PuzzleMix reports the median test accuracy of the last 10 epochs"
   for arch in ("preactresnet18", "wrn28_10"):
     for budget in ("long", "short"):
       epochs = _PM_EPOCHS[(arch, budget)]

@@ -11,8 +11,8 @@ import sys
 
 _COMMANDS = {
   "show": ("jaxmix.gallery", "write a PNG grid of every op applied to real images"),
-  "train": ("jaxmix.train", "train a classifier with a mixing method (PatchUp main.py flags)"),
-  "eval": ("jaxmix.evaluate", "evaluate a checkpoint: clean, FGSM, deformed, corruptions, calibration"),
+  "train": ("jaxmix.training.loop", "train a classifier with a mixing method (PatchUp main.py flags)"),
+  "eval": ("jaxmix.evaluation.cli", "evaluate a checkpoint: clean, FGSM, deformed, corruptions, calibration"),
 }
 
 

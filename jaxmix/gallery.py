@@ -7,7 +7,7 @@ originals, then one row per op, each tile captioned with its label weights. Need
 only jax and Pillow (no TensorFlow).
 
 Example:
-  jaxmix show --images ../shared/data/cifar10/test.zip --out gallery.png --n 4 --seed 0
+  jaxmix show --images ~/data/cifar10/test.zip --out gallery.png --n 4 --seed 0
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 import jaxmix
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# Channel statistics of CIFAR-10 (ALGORITHMS.md §11.1): the ops act on normalised
+# Channel statistics of CIFAR-10 (docs/algorithms/recipes.md#preactresnet-and-wrn-lineage): the ops act on normalised
 # images as in training, so Cutout's zeros show as the dataset's mean colour.
 MEAN = np.array([125.3, 123.0, 113.9], np.float32) / 255
 STD = np.array([63.0, 62.1, 66.7], np.float32) / 255

@@ -1,4 +1,4 @@
-"""The public contract of API.md: op conventions over ``jaxmix.__all__``, signatures, registry."""
+"""The public contract (README, "The API"): op conventions over ``jaxmix.__all__``, signatures, registry."""
 
 import collections.abc
 import inspect
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 import jaxmix
-from jaxmix import registry
+from jaxmix.training import registry
 
 # Public functions that are not ops (no key, not mixing). Keep this list small and explicit:
 # a new public function is held to the op conventions unless it is named here.
 NON_OPS = frozenset(
   {
     "one_hot",
+    "normalize",
     "saliency",
     "get_method",
     "bce_on_softmax",
@@ -31,10 +32,10 @@ NON_OPS = frozenset(
   }
 )
 
-# Ops that mix pairs take the lam / perm overrides (API.md conventions).
+# Ops that mix pairs take the lam / perm overrides (the API conventions).
 PAIR_OPS = ("mixup", "cutmix", "patch_augment", "manifold_mixup", "patchup", "puzzlemix")
 
-# Signatures fixed by API.md for the ops of this area: (name, default) after (key, images, labels).
+# Signatures fixed by the public API for the ops of this area: (name, default) after (key, images, labels).
 API_SIGNATURES = {
   "mixup": [("alpha", 1.0), ("per_sample", False), ("lam", None), ("perm", None)],
   "cutmix": [("alpha", 1.0), ("per_sample", False), ("lam", None), ("perm", None)],

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import jaxmix
-from jaxmix import core
+from jaxmix.ops import core
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])

@@ -1,4 +1,4 @@
-"""Tests of the CIFAR-C corruption generator and loaders (ALGORITHMS.md §10.4)."""
+"""Tests of the CIFAR-C corruption generator and loaders (docs/algorithms/evaluation.md#ipmix-robustness-cifar-c-and-pgd)."""
 
 import io
 import os
@@ -12,7 +12,7 @@ import pytest
 from conftest import CIFAR_DIR
 from PIL import Image
 
-from jaxmix import corruptions as jc
+from jaxmix.evaluation import corruptions as jc
 
 SEVERITIES = (1, 2, 3, 4, 5)
 

@@ -14,7 +14,7 @@ from conftest import CIFAR_DIR
 from PIL import Image
 from scipy import stats
 
-from jaxmix import data
+from jaxmix.training import data
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

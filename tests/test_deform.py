@@ -1,4 +1,4 @@
-"""Tests of the PatchUp deformed test sets (ALGORITHMS.md §10.5)."""
+"""Tests of the PatchUp deformed test sets (docs/algorithms/evaluation.md#patchup-deformed-test-sets)."""
 
 import math
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmix import deform
+from jaxmix.evaluation import deform
 
 H = W = 32
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmix import evaluate as ev
+from jaxmix import evaluation as ev
+from jaxmix.evaluation import cli as eval_cli
 
 H = W = 8
 C = 3
@@ -276,7 +277,7 @@ def test_evaluate_all_structure_and_consistency(small_eval):
 
 def test_evaluate_all_uses_cache_and_max_examples(small_eval, monkeypatch):
   images, labels, cache, out = small_eval
-  from jaxmix import corruptions, deform
+  from jaxmix.evaluation import corruptions, deform
 
   monkeypatch.setattr(deform, "deform", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
   monkeypatch.setattr(corruptions, "corrupt", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
@@ -327,7 +328,7 @@ def test_evaluate_all_rejects_bad_input():
 
 
 def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
-  from jaxmix import train
+  from jaxmix.training import checkpoint
 
   monkeypatch.setenv("JAXMIX_EVAL_CACHE", str(tmp_path / "cache"))
 
@@ -339,20 +340,20 @@ def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
     seen["run_dir"] = run_dir
     return linear_logits, data, None
 
-  monkeypatch.setattr(train, "restore_for_eval", fake_restore)
+  monkeypatch.setattr(checkpoint, "restore_for_eval", fake_restore)
   out = tmp_path / "m.json"
   frost = tmp_path / "frost"
   frost.mkdir()
   Image.fromarray(np.full((60, 70, 3), 100, np.uint8)).save(frost / "frost1.png")
   argv = ["--checkpoint", str(tmp_path), "--out", str(out), "--max_examples", "8", "--batch_size", "4"]
-  code = ev.cli_main(argv + ["--corruptions", "contrast", "frost", "--frost_dir", str(frost)])
+  code = eval_cli.cli_main(argv + ["--corruptions", "contrast", "frost", "--frost_dir", str(frost)])
   assert code == 0 and seen["run_dir"] == str(tmp_path)
   metrics = json.loads(out.read_text())
   assert metrics["n_examples"] == 8
   assert set(metrics) >= {"clean", "fgsm", "deformed", "corruptions", "checkpoint"}
   assert set(metrics["corruptions"]["per_corruption"]) == {"contrast", "frost"}
   assert "FGSM" in capsys.readouterr().out
-  code = ev.cli_main(["--checkpoint", str(tmp_path), "--no_corruptions", "--no_deformed", "--no_fgsm"])
+  code = eval_cli.cli_main(["--checkpoint", str(tmp_path), "--no_corruptions", "--no_deformed", "--no_fgsm"])
   assert code == 0
   default = json.loads((tmp_path / "eval_metrics.json").read_text())
   assert set(default) == {"n_examples", "batch_size", "seconds", "clean", "checkpoint"}
@@ -365,7 +366,7 @@ def test_cli_end_to_end_on_a_trained_run(tmp_path, monkeypatch):
   """``jaxmix train`` (one tiny epoch on the real CIFAR-10 zips) then ``jaxmix eval --checkpoint``."""
   from conftest import CIFAR_DIR
 
-  from jaxmix import train
+  from jaxmix.training import loop as train
 
   if not os.path.exists(os.path.join(CIFAR_DIR, "test.zip")):
     pytest.skip("CIFAR-10 zips not available")
@@ -378,7 +379,8 @@ def test_cli_end_to_end_on_a_trained_run(tmp_path, monkeypatch):
   run_dir = str(tmp_path / "run")
   out = tmp_path / "metrics.json"
   assert (
-    ev.cli_main(["--checkpoint", run_dir, "--out", str(out), "--max_examples", "20", "--batch_size", "10", "--corruptions", "fog"]) == 0
+    eval_cli.cli_main(["--checkpoint", run_dir, "--out", str(out), "--max_examples", "20", "--batch_size", "10", "--corruptions", "fog"])
+    == 0
   )
   metrics = json.loads(out.read_text())
   assert metrics["n_examples"] == 20

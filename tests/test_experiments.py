@@ -18,7 +18,7 @@ import jaxmix  # noqa: E402
 from experiments import cpu_benchmark as cb  # noqa: E402
 from experiments import run as runner  # noqa: E402
 from experiments import seeds  # noqa: E402
-from jaxmix import train as jtrain  # noqa: E402
+from jaxmix import training as jtrain  # noqa: E402
 
 
 def _method_of(exp):
@@ -290,7 +290,7 @@ def test_benchmark_configs_are_valid(tmp_path):
 
 
 def test_main_survives_a_failing_method(tmp_path, monkeypatch):
-  from jaxmix import data as jdata
+  from jaxmix.training import data as jdata
 
   class _Split:
     images = np.zeros((20, 32, 32, 3), np.uint8)
@@ -320,7 +320,7 @@ def test_main_survives_a_failing_method(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_run_one_trains_evaluates_caches_and_backfills(tmp_path):
   """One real (tiny) benchmark run: trains on the CIFAR-10 zips, evaluates, caches eval.json."""
-  from jaxmix import data as jdata
+  from jaxmix.training import data as jdata
 
   argv = ["--data_dir", CIFAR_DIR, "--root_dir", str(tmp_path), "--labels_per_class", "2", "--epochs", "1", "--batch_size", "10"]
   argv += ["--fgsm_examples", "20", "--corruption_examples", "10", "--corruptions", "contrast", "--widths", "8", "8", "8", "8"]

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmix import fractals
+from jaxmix.ops import fractals
 
 N = 8
 SIZE = 36  # the size of the built-in set for 32x32 images: one compilation serves both

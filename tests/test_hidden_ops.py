@@ -1,4 +1,4 @@
-"""Hidden-space ops: PatchUp, DropBlock and Manifold Mixup (ALGORITHMS.md §2, §6, §7)."""
+"""Hidden-space ops: PatchUp, DropBlock and Manifold Mixup (docs/algorithms/hidden_mixing.md)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 import jaxmix
-from jaxmix import hidden_ops, hook
+from jaxmix.ops import hidden_ops, hook
 
 B, S, C, K = 3, 16, 4, 5
 H = jax.random.normal(jax.random.key(0), (B, S, S, C))
@@ -32,7 +32,7 @@ def _expected_changed_fraction(gamma, size=32, bs=7):
 
 
 # ----------------------------------------------------------------------------
-# PatchUp known answers (§6 checks 1-4).
+# PatchUp known answers (docs/algorithms/hidden_mixing.md#patchup checks 1-4).
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])
@@ -236,7 +236,7 @@ def test_patchup_validation(kwargs, match):
 
 
 # ----------------------------------------------------------------------------
-# DropBlock (§7 checks).
+# DropBlock (docs/algorithms/hidden_mixing.md#dropblock checks).
 
 
 def test_dropblock_gamma_value():

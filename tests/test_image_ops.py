@@ -11,7 +11,7 @@ import pytest
 from conftest import CIFAR_DIR
 from PIL import Image, ImageOps
 
-from jaxmix import image_ops
+from jaxmix.ops import image_ops
 
 N_IMAGES = 12
 
@@ -139,7 +139,7 @@ _random_op_u = jax.jit(image_ops.random_op_from_uniforms, static_argnames="sever
 
 
 def test_random_op_parameter_mapping(cifar):
-  """``u = (op, level, sign)`` selects the named op with the §9.4 parameter."""
+  """``u = (op, level, sign)`` selects the named op with the docs/algorithms/ipmix.md#image-level-ops parameter."""
   _, x = cifar
   x = x[:2]
   severity = 3.0

@@ -1,4 +1,4 @@
-"""Known answers (ALGORITHMS.md §1, §3, §4, §5), properties and distributions of the input ops."""
+"""Known answers (docs/algorithms/input_mixing.md), properties and distributions of the input ops."""
 
 import functools
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import jaxmix
-from jaxmix import input_ops
+from jaxmix.ops import input_ops
 
 K = 5
 
@@ -58,7 +58,7 @@ _cutout = jax.jit(jaxmix.cutout, static_argnames=("size", "n_holes", "shared", "
 _patch = jax.jit(jaxmix.patch_augment, static_argnames=("prob", "min_dim", "max_dim", "pairing"))
 
 # ----------------------------------------------------------------------------
-# Mixup (§1)
+# Mixup (docs/algorithms/input_mixing.md#input-mixup)
 
 
 def test_mixup_lam_one_is_identity_and_lam_zero_is_partner():
@@ -163,12 +163,12 @@ def test_roll_pairing():
 
 
 # ----------------------------------------------------------------------------
-# CutMix (§3)
+# CutMix (docs/algorithms/input_mixing.md#cutmix)
 
 
 @pytest.mark.parametrize("lam, side, lam_adj", [(0.75, 16, 0.75), (0.5, 22, 0.52734375), (0.3, 26, 0.33984375)])
 def test_cutmix_known_boxes_32(lam, side, lam_adj):
-  """§3 checks 1-3: per-sample boxes with a fixed nominal lam; interior boxes are side x side."""
+  """docs/algorithms/input_mixing.md#cutmix checks 1-3: per-sample boxes with a fixed nominal lam; interior boxes are side x side."""
   batch = 256
   x = _distinct(batch, 32, 32)
   y, _ = _labels(batch)
@@ -207,7 +207,7 @@ def test_cutmix_box_rule_matches_reference():
 
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_cutmix_partner_pixels_form_one_box_of_area_one_minus_lam(per_sample):
-  """§3 check 4, on non-square images with an odd batch."""
+  """docs/algorithms/input_mixing.md#cutmix check 4, on non-square images with an odd batch."""
   batch, height, width = 7, 12, 20
   x = _distinct(batch, height, width, 2)
   y, _ = _labels(batch)
@@ -266,7 +266,7 @@ def test_cutmix_box_centres_are_uniform():
 
 
 # ----------------------------------------------------------------------------
-# Cutout (§4)
+# Cutout (docs/algorithms/input_mixing.md#cutout)
 
 
 def test_cutout_box_known_answers():
@@ -337,7 +337,7 @@ def test_cutout_hole_centres_are_uniform():
 
 
 # ----------------------------------------------------------------------------
-# Patch Augmentation (§5)
+# Patch Augmentation (docs/algorithms/input_mixing.md#patch-augmentation)
 
 
 def test_patch_augment_prob_zero_is_identity():
@@ -384,7 +384,7 @@ def test_patch_augment_same_class_partner_keeps_label():
 
 
 def test_patch_augment_default_sizes_and_corners():
-  """§5 check 4 with the class defaults: sizes uniform on [3, 29], corners in [0, 31 - size]."""
+  """docs/algorithms/input_mixing.md check 4 with the class defaults: sizes uniform on [3, 29], corners in [0, 31 - size]."""
   batch = 2048
   x = _distinct(batch, 32, 32)
   y = jnp.ones((batch, 1))
@@ -551,7 +551,7 @@ def test_grad_through_mixup_is_finite():
 
 
 # ----------------------------------------------------------------------------
-# Eager validation (API.md)
+# Eager validation (the API conventions)
 
 
 def _raises(match, fn, *args, **kwargs):

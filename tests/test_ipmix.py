@@ -1,4 +1,4 @@
-"""IPMix: the §9.6 known answers, pixel-op identities, sampling, views and the JSD loss."""
+"""IPMix: the docs/algorithms/ipmix.md#ipmix-known-answer-checks known answers, pixel-op identities, sampling, views and the JSD loss."""
 
 import importlib
 
@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 
 import jaxmix
-from jaxmix import fractals
+from jaxmix.ops import fractals
 
-ipmix_module = importlib.import_module("jaxmix.ipmix")
+ipmix_module = importlib.import_module("jaxmix.ops.ipmix")
 
 B, H, W, C = 4, 32, 32, 3
 LEVELS = jax.random.randint(jax.random.key(10), (B, H, W, C), 0, 256)
@@ -32,7 +32,7 @@ def default_out():
 
 
 # ----------------------------------------------------------------------------
-# §9.6 known answers.
+# docs/algorithms/ipmix.md#ipmix-known-answer-checks known answers.
 
 
 def test_m_zero_is_identity():

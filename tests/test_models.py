@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import jaxmix
-from jaxmix import hook, models
+from jaxmix.ops import hook
+from jaxmix.training import models
 
 # ----------------------------------------------------------------------------
 # Parameter counts, by closed-form formulas of the reference PyTorch / Keras
@@ -166,7 +167,7 @@ def test_hidden_mix_compiles_once_and_grads_finite(method):
 
 
 def test_manifold_mixup_lam_one_is_unmixed():
-  # ALGORITHMS.md §2 check 1: lam = 1 at any site -> the unmixed logits (same BN mode).
+  # docs/algorithms/hidden_mixing.md#manifold-mixup check 1: lam = 1 at any site -> the unmixed logits (same BN mode).
   plain, _ = MODEL.apply(VARS, X, train=True, mutable=["batch_stats"])
   for layer in range(3):
     mix_fn, carry = hook.hidden_mix(jax.random.key(4), Y, method="manifold_mixup", lam=1.0, layer=layer)
@@ -176,7 +177,7 @@ def test_manifold_mixup_lam_one_is_unmixed():
 
 
 def test_manifold_mixup_layer0_is_input_mixup():
-  # ALGORITHMS.md §2 check 2: k forced to 0 == input mixup with the same lam, perm.
+  # docs/algorithms/hidden_mixing.md#manifold-mixup check 2: k forced to 0 == input mixup with the same lam, perm.
   perm = jnp.array([2, 0, 3, 1])
   mix_fn, carry = hook.hidden_mix(jax.random.key(5), Y, method="manifold_mixup", lam=0.3, perm=perm, layer=0)
   (logits, carry), _ = MODEL.apply(VARS, X, train=True, mix=mix_fn, carry=carry, mutable=["batch_stats"])

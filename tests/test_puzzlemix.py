@@ -1,4 +1,4 @@
-"""Puzzle Mix: known answers of ALGORITHMS.md §8.5, transport vs the official rule, solver vs brute force."""
+"""Puzzle Mix: known answers of docs/algorithms/puzzlemix.md, transport vs the official rule, solver vs brute force."""
 
 import functools
 import importlib
@@ -13,7 +13,7 @@ from scipy.sparse import coo_matrix
 
 import jaxmix
 
-pm = importlib.import_module("jaxmix.puzzlemix")
+pm = importlib.import_module("jaxmix.ops.puzzlemix")
 
 MEAN = np.array([0.49, 0.48, 0.45], np.float32)
 STD = np.array([0.25, 0.24, 0.26], np.float32)
@@ -106,7 +106,7 @@ def binary_min_cut_value(unary, wv, wh):
 
 
 # ----------------------------------------------------------------------------
-# Saliency and the energy's known answers (§8.5.1, §8.5.2, §8.5.6).
+# Saliency and the energy's known answers (docs/algorithms/puzzlemix.md).
 
 
 def test_saliency_is_root_mean_square_over_channels():
@@ -188,7 +188,7 @@ def test_mask_and_label_consistency(decoupled_batch):
 
 
 # ----------------------------------------------------------------------------
-# Transport (§8.5.3 - §8.5.5, official semantics, vs linear_sum_assignment).
+# Transport (docs/algorithms/puzzlemix.md - docs/algorithms/puzzlemix.md, official semantics, vs linear_sum_assignment).
 
 
 def test_cost_matrix_known_answer():
@@ -257,7 +257,7 @@ def test_refined_plan_moves_the_same_pixels():
 
 
 # ----------------------------------------------------------------------------
-# Solver quality (§8.4, §8.5.8).
+# Solver quality (docs/algorithms/puzzlemix.md#the-jaxmix-graph-free-solver, docs/algorithms/puzzlemix.md#puzzle-mix-known-answer-checks).
 
 
 @pytest.mark.parametrize("n,n_labels,count", [(2, 3, 64), (3, 3, 64), (4, 2, 64)])
@@ -386,7 +386,7 @@ def test_bad_saliency_shape_raises(small_batch):
 
 
 # ----------------------------------------------------------------------------
-# The train-step helper (§8.1 steps 1, 2, 4, 5 and §8.2 (e)).
+# The train-step helper (docs/algorithms/puzzlemix.md steps 1, 2, 4, 5 and docs/algorithms/puzzlemix.md).
 
 
 def _linear_grad_fn(weights):

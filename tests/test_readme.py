@@ -4,7 +4,7 @@ import os
 import re
 
 import jaxmix
-from jaxmix import train as jtrain
+from jaxmix import training as jtrain
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 

@@ -17,9 +17,9 @@ import pytest
 from conftest import CIFAR_DIR
 
 import jaxmix
-from jaxmix import models
-from jaxmix import train as jtrain
-from jaxmix import train_step as ts
+from jaxmix import training as jtrain
+from jaxmix.training import models
+from jaxmix.training import step as ts
 
 IMAGE = (16, 16, 3)
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -123,7 +123,7 @@ def _record_golden(method, values) -> None:
 
 
 def test_ipmix_jsd_step(small_model):
-  """IPMix trains with the JSD consistency loss (clean + two views, §9.5)."""
+  """IPMix trains with the JSD consistency loss (clean + two views, docs/algorithms/ipmix.md#defaults-and-the-jsd-loss)."""
   state, metrics, step = _run(
     small_model, _cfg("ipmix", jsd=True, loss="ce", hparams={"patch_sizes": (4, 8, 16)}), _mesh(2), _batch(8), steps=2
   )
@@ -265,7 +265,7 @@ def _cli(root, job, extra=()):
 def _final_params(run_dir):
   fn, _, _ = jtrain.restore_for_eval(run_dir)
   del fn
-  manager = jtrain._checkpoint_manager(os.path.join(run_dir, "checkpoints"), 2)
+  manager = jtrain.checkpoint.checkpoint_manager(os.path.join(run_dir, "checkpoints"), 2)
   step = manager.latest_step()
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
   return step, restored.state
@@ -322,14 +322,14 @@ def test_cli_kill_and_resume_is_bit_identical(tmp_path):
 )
 def test_cli_rejects_unknown_names(flags, message, capsys):
   with pytest.raises(SystemExit):
-    jtrain.cli_main(flags)
+    jtrain.loop.cli_main(flags)
   assert message in capsys.readouterr().err
 
 
 def test_cli_clear_errors(tmp_path, capsys):
-  rc = jtrain.cli_main(["--data_dir", str(tmp_path / "missing"), "--root_dir", str(tmp_path), "--arch", "preactresnet_small"])
+  rc = jtrain.loop.cli_main(["--data_dir", str(tmp_path / "missing"), "--root_dir", str(tmp_path), "--arch", "preactresnet_small"])
   assert rc == 2
   assert "missing" in capsys.readouterr().err
-  rc = jtrain.cli_main(["--dataset", "imagenet42", "--root_dir", str(tmp_path), "--arch", "preactresnet_small"])
+  rc = jtrain.loop.cli_main(["--dataset", "imagenet42", "--root_dir", str(tmp_path), "--arch", "preactresnet_small"])
   assert rc == 2
   assert "imagenet42" in capsys.readouterr().err

@@ -35,7 +35,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxmix.core import Array
+from jaxmix.ops.core import Array
 
 #: The IPMix CIFAR op list (``IPMix_utils.augmentations``), in the official order.
 IPMIX_OPS = ("equalize", "posterize", "rotate", "solarize", "shear_x", "shear_y", "translate_x", "translate_y", "mirror", "invert")
@@ -274,7 +274,7 @@ def random_op(key, image: Array, *, severity: float = 3) -> Array:
 
   The official ``augment_input``: ``op ~ U(IPMIX_OPS)``, level ``l ~ U(0.1,
   severity)`` and, for the signed ops, the sign ``-`` with probability 1/2. The
-  parameters (ALGORITHMS.md §9.4) are ``bits = 4 - int(0.4 l)``, ``degrees =
+  parameters (docs/algorithms/ipmix.md#image-level-ops) are ``bits = 4 - int(0.4 l)``, ``degrees =
   int(3 l)``, ``threshold = 256 - int(25.6 l)``, ``shear = 0.03 l`` and ``pixels =
   int(l side / 30)`` with ``side`` the image width (x) or height (y); the official
   code hard-codes 32 (CIFAR) or 224 (ImageNet), the image side here.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxmix.core import Array
+from jaxmix.ops.core import Array
 
 _LOG_FLOOR = -100.0
 
@@ -49,7 +49,7 @@ def bce_on_softmax(logits: Array, targets: Array) -> Array:
   """Binary cross-entropy on softmax probabilities, mean over all ``B * K`` entries.
 
   The loss of the Manifold Mixup, PatchUp and Puzzle Mix (CIFAR) code
-  (``nn.BCELoss()(softmax(z), t)``, ALGORITHMS.md §0):
+  (``nn.BCELoss()(softmax(z), t)``, docs/algorithms/README.md#shared-conventions):
   ``-(1 / (B K)) sum_bk [t_bk log p_bk + (1 - t_bk) log(1 - p_bk)]`` with
   ``p = softmax(z)``. Each log term is clamped at ``>= -100`` as PyTorch's
   BCELoss does. ``log p`` comes from ``log_softmax`` (more accurate than

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import core
-from jaxmix.core import Array, MixResult
+from jaxmix.ops import core
+from jaxmix.ops.core import Array, MixResult
 
 Op = Callable[..., MixResult]
 

@@ -28,26 +28,28 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-SITES = ("input", "conv1", "layer1", "layer2", "layer3")
-"""The mixing sites every model calls, in forward order."""
+from jaxmix.ops.hook import SITES, MixFn, apply_mix
 
-MixFn = Callable[[str, Any, Any], tuple]
+__all__ = (
+  "ARCHS",
+  "SITES",
+  "PreActResNet",
+  "ResNetV1",
+  "ResNetV2",
+  "WideResNet",
+  "count_params",
+  "get_model",
+)
 
 _torch_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 _keras_init = nn.initializers.he_normal()
 _PAD1 = ((1, 1), (1, 1))
-
-
-def _site(mix: Optional[MixFn], name: str, h, carry):
-  if mix is None:
-    return h, carry
-  return mix(name, h, carry)
 
 
 def _torch_conv(features: int, kernel: int, stride: int = 1, bias: bool = False, name: Optional[str] = None) -> nn.Conv:
@@ -141,15 +143,15 @@ class PreActResNet(nn.Module):
   def __call__(self, x, train: bool = False, mix: Optional[MixFn] = None, carry=None):
     if len(self.blocks) != len(self.widths) or not self.blocks:
       raise ValueError(f"blocks and widths must be non-empty and of equal length, got {self.blocks!r} and {self.widths!r}.")
-    h, carry = _site(mix, "input", x, carry)
+    h, carry = apply_mix(mix, "input", x, carry)
     h = _torch_conv(self.widths[0], 3, self.stem_stride, name="conv1")(h)
-    h, carry = _site(mix, "conv1", h, carry)
+    h, carry = apply_mix(mix, "conv1", h, carry)
     for stage, (n, width) in enumerate(zip(self.blocks, self.widths, strict=True)):
       for j in range(n):
         stride = (1 if stage == 0 else 2) if j == 0 else 1
         h = PreActBlock(width, stride, name=f"layer{stage + 1}_{j}")(h, train)
       if stage < 3:
-        h, carry = _site(mix, f"layer{stage + 1}", h, carry)
+        h, carry = apply_mix(mix, f"layer{stage + 1}", h, carry)
     h = jnp.mean(h, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=_torch_init, name="linear")(h)
     return _outputs(mix, logits, carry)
@@ -217,13 +219,13 @@ class WideResNet(nn.Module):
     if (self.depth - 4) % 6 != 0 or self.depth < 10:
       raise ValueError(f"depth must be 6n + 4 with n >= 1, got {self.depth!r}.")
     n = (self.depth - 4) // 6
-    h, carry = _site(mix, "input", x, carry)
+    h, carry = apply_mix(mix, "input", x, carry)
     h = _torch_conv(16, 3, self.stem_stride, bias=True, name="conv1")(h)
-    h, carry = _site(mix, "conv1", h, carry)
+    h, carry = apply_mix(mix, "conv1", h, carry)
     for stage, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True)):
       for j in range(n):
         h = WideBasic(width * self.widen_factor, stride if j == 0 else 1, name=f"layer{stage + 1}_{j}")(h, train)
-      h, carry = _site(mix, f"layer{stage + 1}", h, carry)
+      h, carry = apply_mix(mix, f"layer{stage + 1}", h, carry)
     h = nn.relu(_torch_bn(train, momentum=0.1, name="bn_final")(h))
     h = jnp.mean(h, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=_torch_init, name="linear")(h)
@@ -264,9 +266,9 @@ class ResNetV1(nn.Module):
     if (self.depth - 2) % 6 != 0 or self.depth < 8:
       raise ValueError(f"depth must be 6n + 2 with n >= 1, got {self.depth!r}.")
     n = (self.depth - 2) // 6
-    h, carry = _site(mix, "input", x, carry)
+    h, carry = apply_mix(mix, "input", x, carry)
     h = nn.relu(_keras_bn(train, name="bn_stem")(_keras_conv(16, 3, name="conv1")(h)))
-    h, carry = _site(mix, "conv1", h, carry)
+    h, carry = apply_mix(mix, "conv1", h, carry)
     for stage, filters in enumerate((16, 32, 64)):
       for j in range(n):
         stride = 2 if stage > 0 and j == 0 else 1
@@ -276,7 +278,7 @@ class ResNetV1(nn.Module):
         if stride != 1:
           h = _keras_conv(filters, 1, stride, name=f"{name}_shortcut")(h)
         h = nn.relu(h + y)
-      h, carry = _site(mix, f"layer{stage + 1}", h, carry)
+      h, carry = apply_mix(mix, f"layer{stage + 1}", h, carry)
     h = jnp.mean(h, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=_keras_init, name="dense")(h)
     return _outputs(mix, logits, carry)
@@ -309,9 +311,9 @@ class ResNetV2(nn.Module):
     if (self.depth - 2) % 9 != 0 or self.depth < 11:
       raise ValueError(f"depth must be 9n + 2 with n >= 1, got {self.depth!r}.")
     n = (self.depth - 2) // 9
-    h, carry = _site(mix, "input", x, carry)
+    h, carry = apply_mix(mix, "input", x, carry)
     h = nn.relu(_keras_bn(train, name="bn_stem")(_keras_conv(16, 3, name="conv1")(h)))
-    h, carry = _site(mix, "conv1", h, carry)
+    h, carry = apply_mix(mix, "conv1", h, carry)
     f_in = 16
     for stage in range(3):
       f_out = f_in * 4 if stage == 0 else f_in * 2
@@ -327,7 +329,7 @@ class ResNetV2(nn.Module):
         if j == 0:
           h = _keras_conv(f_out, 1, stride, name=f"{name}_shortcut")(h)
         h = h + y
-      h, carry = _site(mix, f"layer{stage + 1}", h, carry)
+      h, carry = apply_mix(mix, f"layer{stage + 1}", h, carry)
       f_in = f_out
     h = nn.relu(_keras_bn(train, name="bn_final")(h))
     h = jnp.mean(h, axis=(1, 2))

@@ -7,11 +7,11 @@ The official code solves a multi-label graph cut per sample on the host with the
 ``gco`` C++ library and then runs a greedy transport auction on dense
 ``[B, T^2, T^2]`` tensors. Here every step is a jit/vmap-clean JAX computation:
 
-* the mask energy of the official code (ALGORITHMS.md §8.2 (a)-(d)) is minimised
+* the mask energy of the official code (docs/algorithms/puzzlemix.md#unary-saliency-terms) is minimised
   by a convex relaxation solved with a fixed number of primal-dual iterations,
   rounded at the best threshold and polished by checkerboard ICM (see
   ``_solve_mask`` for why this solver and how close it gets to the optimum);
-* the transport (§8.2 (f)) reproduces the official auction plan, but from short
+* the transport (docs/algorithms/puzzlemix.md#transport) reproduces the official auction plan, but from short
   per-source lists instead of dense cost matrices (see ``_transport_plan`` for
   the argument);
 * the block count drawn per batch from {2, 4, 8, 16} goes through ``lax.switch``
@@ -21,6 +21,7 @@ The official code solves a multi-label graph cut per sample on the host with the
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 from typing import Any, Callable, Optional
@@ -29,14 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import core
-from jaxmix.core import Array, MixResult
+from jaxmix.ops import core
+from jaxmix.ops.core import Array, MixResult
 
 _BLOCK_CHOICES = (2, 4, 8, 16)
 _PD_ITERS = 32  # primal-dual iterations of the relaxation (fixed)
 _ICM_SWEEPS = 4  # checkerboard ICM sweeps after rounding (fixed)
 _THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-_DEFAULTS = dict(alpha=1.0, beta=1.2, gamma=0.5, eta=0.2, neigh_size=4, n_labels=3, transport=True, t_eps=0.8, t_size=-1)
 
 
 # ----------------------------------------------------------------------------
@@ -46,7 +46,7 @@ _DEFAULTS = dict(alpha=1.0, beta=1.2, gamma=0.5, eta=0.2, neigh_size=4, n_labels
 def saliency(grads_wrt_images: Array) -> Array:
   """Pixel saliency of Puzzle Mix from input gradients.
 
-  ``S[b, h, w] = sqrt(mean_c g[b, h, w, c]^2)`` (ALGORITHMS.md §8.1 step 3): the
+  ``S[b, h, w] = sqrt(mean_c g[b, h, w, c]^2)`` (docs/algorithms/puzzlemix.md#per-batch-control-flow step 3): the
   l2 norm over channels divided by ``sqrt(C)``.
 
   Args:
@@ -110,7 +110,7 @@ def _allowed_blocks(height: int, width: int) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------
-# Energy (ALGORITHMS.md §8.2 (a)-(d)).
+# Energy (docs/algorithms/puzzlemix.md#unary-saliency-terms).
 
 
 def _pool(x: Array, ph: int, pw: int) -> Array:
@@ -169,7 +169,7 @@ def _shift_in(d: Array, axis: int, first: bool) -> Array:
 
 
 def _mask_terms(s: Array, s_partner: Array, pix1: Array, pix2: Array, geo: _Geometry, beta: float, gamma: float):
-  """Unary costs and edge weights of the re-parametrised energy (§8.2 (b), (c)).
+  """Unary costs and edge weights of the re-parametrised energy (docs/algorithms/puzzlemix.md#data-smoothness-terms, (c)).
 
   Returns:
     ``(u1, u0, wv, wh)``: ``[B, n, n]`` costs of z = 1 and z = 0, and the edge
@@ -212,7 +212,7 @@ def _unary_table(u1: Array, u0: Array, lam: Array, eta: float, n_labels: int) ->
 
 
 def _energy(labels: Array, unary: Array, wv: Array, wh: Array, n_labels: int) -> Array:
-  """The float energy of §8.2 (d) of integer label maps.
+  """The float energy of docs/algorithms/puzzlemix.md#multi-label-energy-and-the-official-solver of integer label maps.
 
   Args:
     labels: ``[..., B, n, n]`` int label indices (z = l / (m - 1)); leading
@@ -346,7 +346,9 @@ def _best_rounding(x: Array, unary: Array, wv: Array, wh: Array, n_labels: int) 
 
 
 def _solve_mask(unary: Array, wv: Array, wh: Array, n_labels: int) -> Array:
-  """Minimises the §8.2 (d) energy; returns ``[B, n, n]`` int32 label indices.
+  """Minimises the multi-label mask energy; returns ``[B, n, n]`` int32 label indices.
+
+  The energy: docs/algorithms/puzzlemix.md#multi-label-energy-and-the-official-solver.
 
   Why this solver: the unary terms are convex in the label index (a linear
   saliency term plus ``-log Binomial``, convex in the index) and the pairwise
@@ -373,7 +375,7 @@ def _solve_mask(unary: Array, wv: Array, wh: Array, n_labels: int) -> Array:
 
 
 # ----------------------------------------------------------------------------
-# Transport (§8.2 (f)).
+# Transport (docs/algorithms/puzzlemix.md#transport).
 
 
 @functools.lru_cache(maxsize=None)
@@ -614,11 +616,6 @@ def _mix_one(geo: _Geometry, sal, lam_b, perm, pix1, x1, x2, hp, force_own: bool
 # Public op.
 
 
-def _check_int(name: str, value, low: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-    raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
-
-
 def _channel_vector(name: str, value, channels: int) -> Optional[Array]:
   if value is None:
     return None
@@ -636,8 +633,8 @@ def _validate(images, labels, sal, block_num, hp, lam, perm):
     raise ValueError(f"saliency must have shape (B, H, W) = {(batch, height, width)} (see jaxmix.saliency), got {jnp.shape(sal)}.")
   for name in ("alpha", "beta", "gamma", "eta", "t_eps"):
     core.check_nonneg(name, hp[name])
-  _check_int("neigh_size", hp["neigh_size"], 1)
-  _check_int("n_labels", hp["n_labels"], 2)
+  core.check_int("neigh_size", hp["neigh_size"], 1)
+  core.check_int("n_labels", hp["n_labels"], 2)
   if not isinstance(hp["transport"], (bool, np.bool_)):
     raise ValueError(f"transport must be a bool, got {hp['transport']!r}.")
   t_size = hp["t_size"]
@@ -648,7 +645,7 @@ def _validate(images, labels, sal, block_num, hp, lam, perm):
     if not blocks:
       raise ValueError(f"block_num=None draws from {_BLOCK_CHOICES}, but none divides the {height}x{width} image; pass block_num.")
   else:
-    _check_int("block_num", block_num, 1)
+    core.check_int("block_num", block_num, 1)
     if height % block_num or width % block_num:
       raise ValueError(f"block_num must divide the image height and width ({height}x{width}), got {block_num}.")
     blocks = (int(block_num),)
@@ -660,7 +657,7 @@ def _validate(images, labels, sal, block_num, hp, lam, perm):
 
 
 def _puzzlemix(key, images, labels, sal, *, block_num, hp, mean, std, lam, perm, noise=None, adv1=None, adv2=None, with_flags=False):
-  """``puzzlemix`` with the adversarial noise injection of §8.2 (e)."""
+  """``puzzlemix`` with the adversarial noise injection of docs/algorithms/puzzlemix.md#adversarial-noise-injection."""
   batch, geos = _validate(images, labels, sal, block_num, hp, lam, perm)
   channels = images.shape[-1]
   mean_v, std_v = _channel_vector("mean", mean, channels), _channel_vector("std", std, channels)
@@ -675,7 +672,7 @@ def _puzzlemix(key, images, labels, sal, *, block_num, hp, mean, std, lam, perm,
   pix1 = x * std_v + mean_v if normalised else x
   x1, x2 = x, x[perm]
   if noise is not None:
-    # §8.2 (e): the noise enters after the mask was computed, before transport.
+    # docs/algorithms/puzzlemix.md#adversarial-noise-injection: the noise enters after the mask was computed, before transport.
     x1 = jnp.where(adv1, (jnp.clip(pix1 + noise, 0.0, 1.0) - mean_v) / std_v, x1)
     x2 = jnp.where(adv2, (jnp.clip(pix1[perm] + noise[perm], 0.0, 1.0) - mean_v) / std_v, x2)
   finest, finest_t = max(g.n for g in geos), max(g.t for g in geos)
@@ -732,11 +729,11 @@ def puzzlemix(
   dividing the image, or ``block_num``), a partner permutation and one
   ``lam ~ Beta(alpha, alpha)``. Per sample, the ``n x n`` mask
   ``z in {0, 1/(m-1), ..., 1}`` (1 = own image) minimises the official energy
-  (ALGORITHMS.md §8.2 (a)-(d)): the saliency each choice hides, the
+  (docs/algorithms/puzzlemix.md#unary-saliency-terms): the saliency each choice hides, the
   data-smoothness across neighbouring blocks (``beta / (16 n)``, ``gamma``), the
   label smoothness ``w (z_p - z_q)^2`` and a Binomial prior (``eta / n^2``) that
   keeps the mask mean near ``lam``. Each image's salient cells are then moved into
-  the region it keeps by the official greedy transport (§8.2 (f)), and
+  the region it keeps by the official greedy transport (docs/algorithms/puzzlemix.md#transport), and
   ``x~ = M * T1(x) + (1 - M) * T2(x[perm])`` with the per-sample label weight
   ``lam_b = mean(M_b)``.
 
@@ -797,6 +794,14 @@ def puzzlemix(
   return _puzzlemix(key, images, labels, saliency, block_num=block_num, hp=hp, mean=mean, std=std, lam=lam, perm=perm)
 
 
+def _hyperparameter_defaults() -> dict:
+  """``puzzlemix``'s keyword defaults (its signature is the one place they are written),
+  less the per-call arguments."""
+  params = inspect.signature(puzzlemix).parameters.values()
+  per_call = {"block_num", "mean", "std", "lam", "perm"}
+  return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in per_call}
+
+
 def puzzlemix_train_batch(
   key,
   images: Array,
@@ -809,7 +814,7 @@ def puzzlemix_train_batch(
   adv_eps: float = 10.0,
   **puzzlemix_kwargs,
 ) -> tuple[MixResult, Any]:
-  """The per-batch Puzzle Mix step of the official training loop (§8.1 steps 1-5).
+  """The per-batch Puzzle Mix step of the official training loop (docs/algorithms/puzzlemix.md#per-batch-control-flow steps 1-5).
 
   1. With ``adv_p > 0``: two flags ``a1, a2 ~ Bernoulli(adv_p)``, once per batch.
   2. If either is set: a random start ``delta ~ U(-adv_eps/255, adv_eps/255)`` per
@@ -820,7 +825,7 @@ def puzzlemix_train_batch(
      ``+-adv_eps/255``, then scaled by one ``u ~ U(0, 1)``.
   5. ``puzzlemix`` of the clean batch with that saliency; the noise is added to
      the own images (a1) and to the partners (a2) after the mask and before the
-     transport (§8.2 (e)).
+     transport (docs/algorithms/puzzlemix.md#adversarial-noise-injection).
 
   Args:
     key: PRNG key.
@@ -849,12 +854,13 @@ def puzzlemix_train_batch(
   core.check_prob("adv_p", adv_p)
   core.check_nonneg("adv_eps", adv_eps)
   channels = core.check_images(images)[-1]
-  unknown = set(puzzlemix_kwargs) - set(_DEFAULTS) - {"block_num", "lam", "perm"}
+  defaults = _hyperparameter_defaults()
+  unknown = set(puzzlemix_kwargs) - set(defaults) - {"block_num", "lam", "perm"}
   if unknown:
-    raise ValueError(f"unknown puzzlemix arguments {sorted(unknown)}; known: {sorted(_DEFAULTS) + ['block_num', 'lam', 'perm']}.")
+    raise ValueError(f"unknown puzzlemix arguments {sorted(unknown)}; known: {sorted(defaults) + ['block_num', 'lam', 'perm']}.")
   kwargs = dict(puzzlemix_kwargs)
   block_num, lam, perm = kwargs.pop("block_num", None), kwargs.pop("lam", None), kwargs.pop("perm", None)
-  hp = {**_DEFAULTS, **kwargs}
+  hp = {**defaults, **kwargs}
   mix = functools.partial(_puzzlemix, block_num=block_num, hp=hp, mean=mean, std=std, lam=lam, perm=perm)
   key_flags, key_start, key_scale, key_mix = jax.random.split(key, 4)
   if adv_p == 0:

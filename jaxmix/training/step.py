@@ -21,11 +21,24 @@ import optax
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from jaxmix import core
-from jaxmix.data import normalize  # the input pipeline's (x / 255 - mean) / std, on device
-from jaxmix.registry import get_method
+from jaxmix.evaluation.metrics import top_k_correct
+from jaxmix.ops import core, losses
+from jaxmix.ops.core import normalize
+from jaxmix.ops.hook import hidden_mix
+from jaxmix.ops.ipmix import ipmix_views, jsd_loss
+from jaxmix.ops.puzzlemix import puzzlemix_train_batch
+from jaxmix.training.registry import get_method
 
 AXIS = "data"
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh (axis :data:`AXIS`) over the first ``num_devices`` devices (0 = all)."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  if n > len(devices):
+    raise ValueError(f"--num_devices {n} exceeds the {len(devices)} available devices.")
+  return jax.make_mesh((n,), (AXIS,), devices=devices[:n])
 
 
 class TrainState(train_state.TrainState):
@@ -60,8 +73,6 @@ class StepConfig:
     jsd: IPMix's JSD consistency loss (clean + two views).
     clean_lam: Puzzle Mix ``clean_lam`` (> 0 keeps the clean-loss gradients).
     l2_conv: L2 penalty on conv kernels added to the loss (the Keras ResNets' 1e-4).
-    bn_sync: average BatchNorm batch statistics across devices in the forward pass
-      (needs a model with ``bn_axis_name``); off by default, as the seeds' code.
   """
 
   method: str = "vanilla"
@@ -79,8 +90,6 @@ class StepConfig:
 
 def base_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The loss ``(logits, soft_targets) -> scalar`` named ``"bce"`` or ``"ce"``."""
-  from jaxmix import losses
-
   table = {"bce": losses.bce_on_softmax, "ce": losses.softmax_cross_entropy}
   if name not in table:
     raise ValueError(f"loss must be one of {sorted(table)}, got {name!r}.")
@@ -149,8 +158,6 @@ def make_loss_fn(model, cfg: StepConfig):
     extra_grads = None
     scale = jnp.float32(1.0)
     if method.site == "hidden":
-      from jaxmix.hook import hidden_mix
-
       if cfg.group_size:
         raise ValueError("group_size is not supported for hidden-layer methods; use group_size=0.")
       mix_fn, carry = hidden_mix(key, y, method=cfg.method, **hp)
@@ -162,8 +169,6 @@ def make_loss_fn(model, cfg: StepConfig):
       logits, new_bs = forward(params, batch_stats, res.images)
       targets = res.labels
     elif cfg.jsd:
-      from jaxmix.ipmix import ipmix_views, jsd_loss
-
       views = ipmix_views(key, x01, **hp)
       both = jnp.concatenate([x01, views[0], views[1]], axis=0)
       all_logits, new_bs = forward(params, batch_stats, norm(both))
@@ -173,8 +178,7 @@ def make_loss_fn(model, cfg: StepConfig):
       loss = loss + cfg.l2_conv * _l2_conv(params)
       return loss, (new_bs, logits, y, extra_grads)
     else:
-      pixel_space = getattr(method, "pixel_space", False)
-      if pixel_space:
+      if method.pixel_space:
         res = _grouped(op, key, x01, y, cfg.group_size, first_group)
         x_in, targets = norm(res.images), res.labels
       else:
@@ -191,13 +195,10 @@ def make_loss_fn(model, cfg: StepConfig):
 
 def _puzzlemix_inputs(model, cfg, hp, params, batch_stats, x, y, labels_int, key):
   """Runs Puzzle Mix's saliency pass and mix; returns (MixResult, extra grads, stats)."""
-  from jaxmix import losses
-  from jaxmix.puzzlemix import puzzlemix_train_batch
-
   k = cfg.num_classes
 
   if cfg.clean_lam > 0:
-    # Train mode: the clean loss's parameter gradients are kept and added (§8.1).
+    # Train mode: the clean loss's parameter gradients are kept and added (docs/algorithms/puzzlemix.md#per-batch-control-flow).
     def clean(p, x_in):
       variables = {"params": p, "batch_stats": batch_stats}
       logits, upd = model.apply(variables, x_in, train=True, mutable=["batch_stats"])
@@ -223,8 +224,8 @@ def _puzzlemix_inputs(model, cfg, hp, params, batch_stats, x, y, labels_int, key
 
 
 def _metrics(loss, logits, labels_int):
-  top1 = jnp.mean(jnp.argmax(logits, -1) == labels_int)
-  top5 = jnp.mean(jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels_int[:, None], axis=-1))
+  top1 = jnp.mean(top_k_correct(logits, labels_int, 1))
+  top5 = jnp.mean(top_k_correct(logits, labels_int, 5))
   return {"loss": loss, "accuracy": top1, "top5": top5}
 
 
@@ -299,11 +300,10 @@ def make_eval_step(model, mesh):
     x = normalize(batch["image"], mean, std)
     logits = model.apply(variables, x, train=False)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return {
-      "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-      "correct5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+      "correct": jnp.sum(top_k_correct(logits, labels, 1) * mask),
+      "correct5": jnp.sum(top_k_correct(logits, labels, 5) * mask),
       "ce": jnp.sum(ce * mask),
       "count": jnp.sum(mask),
     }

@@ -1,4 +1,4 @@
-"""The eight PatchUp "deformed images" test sets (ALGORITHMS.md §10.5).
+"""The eight PatchUp "deformed images" test sets (docs/algorithms/evaluation.md#patchup-deformed-test-sets).
 
 PatchUp (Faramarzi et al., 2020, "PatchUp: A Regularization Technique for
 Convolutional Neural Networks", ``data_loader.py`` L282-L377) passes every test
@@ -43,13 +43,15 @@ generated once and cached as ``.npz`` (uint8 images plus the drawn parameters).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
 import os
 from typing import NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
+
+from jaxmix.evaluation.cache import cached_images, fingerprint
 
 _CACHE_VERSION = 1
 
@@ -267,12 +269,6 @@ def deform(key, images: np.ndarray, name: str, *, convention: str = "torchvision
   return affine_warp(images, matrices), params
 
 
-def _fingerprint(images: np.ndarray, *parts) -> str:
-  digest = hashlib.sha1(np.ascontiguousarray(images).tobytes())
-  digest.update(repr((images.shape, str(images.dtype), _CACHE_VERSION) + parts).encode())
-  return digest.hexdigest()[:16]
-
-
 def deformed_test_sets(
   images: np.ndarray,
   *,
@@ -305,20 +301,10 @@ def deformed_test_sets(
       raise ValueError(f"names must be a subset of {sorted(DEFORMATIONS)}, got {name!r}.")
   _check_convention(convention)
   images = np.asarray(images)
-  fingerprint = _fingerprint(images, int(seed), convention) if cache_dir else None
+  fp = fingerprint(images, int(seed), convention, version=_CACHE_VERSION) if cache_dir else None
   out = {}
   for name in names:
-    path = os.path.join(cache_dir, f"deformed_{name}_{fingerprint}.npz") if cache_dir else None
-    if path and os.path.exists(path):
-      with np.load(path) as data:
-        out[name] = data["images"]
-      continue
     key = jax.random.fold_in(jax.random.key(int(seed)), list(DEFORMATIONS).index(name))
-    warped, params = deform(key, images, name, convention=convention)
-    if path:
-      os.makedirs(cache_dir, exist_ok=True)
-      tmp = path + ".tmp.npz"
-      np.savez(tmp, images=warped, **params)
-      os.replace(tmp, path)
-    out[name] = warped
+    build = functools.partial(deform, key, images, name, convention=convention)
+    out[name] = cached_images(os.path.join(cache_dir, f"deformed_{name}_{fp}.npz") if cache_dir else None, build)
   return out

@@ -1,7 +1,7 @@
 """Procedural IFS fractal pictures: the offline default mixing set of IPMix.
 
 The official IPMix (and PixMix) mixing set is a folder of downloaded fractal
-pictures (ALGORITHMS.md §9.5). jaxmix cannot download it, so ``generate`` draws
+pictures (docs/algorithms/ipmix.md#defaults-and-the-jsd-loss). jaxmix cannot download it, so ``generate`` draws
 colourful iterated-function-system (IFS) fractals on a black background
 procedurally, deterministically from a seed. This is a deviation from the
 official setup: the pictures are in the same spirit (fractal-style, unlabelled,
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.core import Array
+from jaxmix.ops.core import Array
 
 _MAX_MAPS = 4
 _BURN_IN = 16

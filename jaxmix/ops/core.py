@@ -70,24 +70,63 @@ def one_hot(labels: Array, num_classes: int, smoothing: float = 0.0) -> Array:
   return hot * (on - off) + off
 
 
+def normalize(images, mean, std, *, max_value: float = 255.0) -> Array:
+  """``(images / max_value - mean) / std`` in float32.
+
+  The one normalisation of the package: the train step applies it on device to the
+  uint8 batch, evaluation to host batches, the pixel-space attacks to ``[0, 1]`` images.
+
+  Args:
+    images: ``[..., H, W, C]`` uint8 pixels, or floats on the same 0..``max_value`` scale.
+    mean: per-channel ``[C]`` or a mean image ``[H, W, C]``, in ``[0, 1]`` units.
+    std: per-channel ``[C]``, an image ``[H, W, C]`` or a scalar.
+    max_value: the pixel scale (255 for uint8 data; 1 for images already in [0, 1]).
+
+  Returns:
+    float32 array of the shape of ``images``.
+
+  Example:
+    >>> x = jaxmix.normalize(batch["image"], ds.mean, ds.std)
+  """
+  x = jnp.asarray(images).astype(jnp.float32) / max_value
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
 # ----------------------------------------------------------------------------
 # Eager validation (Python, before tracing). Values of traced arrays are never
 # checked; only static facts are.
 
 
-def _is_static_number(x) -> bool:
-  return isinstance(x, numbers.Real) or (isinstance(x, np.ndarray) and x.ndim == 0)
+def is_static_number(x) -> bool:
+  """``x`` is a number known in Python: a Python real or a 0-d concrete array (not traced)."""
+  if isinstance(x, numbers.Real):
+    return True
+  return hasattr(x, "ndim") and x.ndim == 0 and not isinstance(x, jax.core.Tracer)
+
+
+def is_int(x) -> bool:
+  """``x`` is a Python integer (``bool`` excluded)."""
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_int(name: str, value, low: int, *, allow_none: bool = False) -> None:
+  """Raises ValueError unless ``value`` is an int ``>= low`` (or None when ``allow_none``)."""
+  if value is None and allow_none:
+    return
+  if not is_int(value) or value < low:
+    none = " or None" if allow_none else ""
+    raise ValueError(f"{name} must be an int >= {low}{none}, got {value!r}.")
 
 
 def check_nonneg(name: str, value) -> None:
   """Raises ValueError unless ``value`` is a number >= 0."""
-  if not _is_static_number(value) or not np.isfinite(value) or value < 0:
+  if not is_static_number(value) or not np.isfinite(value) or value < 0:
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
 def check_prob(name: str, value) -> None:
   """Raises ValueError unless ``value`` is a probability in [0, 1]."""
-  if not _is_static_number(value) or not 0.0 <= float(value) <= 1.0:
+  if not is_static_number(value) or not 0.0 <= float(value) <= 1.0:
     raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
 
 
@@ -258,11 +297,9 @@ class Words:
 
   def beta(self, alpha: float, shape) -> Array:
     """lam ~ Beta(alpha, alpha) as ``sample_beta``; ``alpha == 1`` uses the words."""
-    if alpha == 0:
-      return jnp.ones(shape, jnp.float32)
     if alpha == 1:
       return self.uniform(shape)
-    return jax.random.beta(jax.random.fold_in(self._key, 1), alpha, alpha, shape, dtype=jnp.float32)
+    return sample_beta(jax.random.fold_in(self._key, 1), alpha, shape)
 
 
 def beta_words(alpha: float, shape) -> int:

@@ -6,14 +6,12 @@ clean, with static shapes: boxes are masks built from ``iota`` comparisons.
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import core
-from jaxmix.core import Array, MixResult
+from jaxmix.ops import core
+from jaxmix.ops.core import Array, MixResult
 
 
 def _skip_unless(words: core.Words, prob: float, mixed: MixResult, images: Array, labels: Array) -> MixResult:
@@ -318,9 +316,9 @@ def cutout(
   batch, height, width, _ = core.check_images(images)
   core.check_labels(labels, batch)
   core.check_prob("prob", prob)
-  if not _is_int(size) or not 0 <= size <= max(height, width):
+  if not core.is_int(size) or not 0 <= size <= max(height, width):
     raise ValueError(f"size must be an int in [0, {max(height, width)}] (the image side), got {size!r}.")
-  if not _is_int(n_holes) or n_holes < 1:
+  if not core.is_int(n_holes) or n_holes < 1:
     raise ValueError(f"n_holes must be an int >= 1, got {n_holes!r}.")
   shape = (n_holes,) if shared else (n_holes, batch)
   words = core.Words(key, 2 * int(np.prod(shape)) + (1 if prob < 1.0 else 0))
@@ -331,10 +329,6 @@ def cutout(
   out = jnp.where(hole[..., None], jnp.zeros((), images.dtype), images)
   result = core.identity_result(out, labels)._replace(mask=(~hole).astype(jnp.float32))
   return _skip_unless(words, prob, result, images, labels)
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _round_half_even(x: float) -> int:

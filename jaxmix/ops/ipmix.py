@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmix import core, fractals, image_ops
-from jaxmix.core import Array, MixResult
+from jaxmix.ops import core, fractals, image_ops
+from jaxmix.ops.core import Array, MixResult
 
 #: Pixel mixing ops of a P chain step, in the official order (``IPMix_utils.mixings``).
 MIXING_OPS = ("add", "multiply", "random_pixels", "random_elems")
@@ -38,7 +38,7 @@ _QUANT_EPS = 1e-3
 
 
 # ----------------------------------------------------------------------------
-# Pixel mixing ops (ALGORITHMS.md §9.3), on [0, 1] arrays of the same shape.
+# Pixel mixing ops (docs/algorithms/ipmix.md#pixel-mixing-ops), on [0, 1] arrays of the same shape.
 
 
 def sample_ab(key, beta: float) -> tuple[Array, Array]:
@@ -122,7 +122,7 @@ def _hash_uniform(seeds: Array, shape: tuple[int, ...]) -> Array:
 def _quantize(values: Array) -> Array:
   """A mixed patch back to uint8 levels, as the official ``ToPILImage`` (``mul(255).byte()``).
 
-  QUIRK decision (ALGORITHMS.md §9.3): the official code casts ``add`` /
+  QUIRK decision (docs/algorithms/ipmix.md#pixel-mixing-ops): the official code casts ``add`` /
   ``multiply`` results to uint8 without clipping, so values outside ``[0, 1]`` wrap
   around (or are undefined behaviour in the float -> uint8 cast): a slightly too
   bright pixel turns black. jaxmix clips to ``[0, 1]`` first, as PixMix does,
@@ -364,7 +364,7 @@ def ipmix(
   """IPMix (Huang et al., NeurIPS 2023, "IPMix: Label-Preserving Data Augmentation
   Method for Training Robust Classifiers"), per sample on device.
 
-  Per sample (ALGORITHMS.md §9.1): a mixing picture ``g`` drawn uniformly from the
+  Per sample (docs/algorithms/ipmix.md#structure-of-one-augmented-image): a mixing picture ``g`` drawn uniformly from the
   mixing set (shared by all chains), ``ws ~ Dirichlet(1, ..., 1)`` over ``k``
   chains and ``m ~ Beta(1, 1)``. Chain i starts at ``x``, picks IMG or P with
   probability 1/2 and a depth ``~ U{0..depth}`` (0 allowed), and repeats: IMG, one
@@ -487,8 +487,8 @@ def jsd_loss(logits_clean: Array, logits_views: Sequence[Array], labels: Array, 
   1 + ``len(logits_views)`` distributions (clean and views), with ``M =
   clip(mean_v p_v, 1e-7, 1)`` and each KL summed over classes and averaged over
   the batch (``F.kl_div(log M, p_v, reduction="batchmean")``), CE averaged over the
-  batch. With two views and ``weight = 12`` this is the official loss (ALGORITHMS.md
-  §9.5).
+  batch. With two views and ``weight = 12`` this is the official loss (docs/algorithms/
+  docs/algorithms/ipmix.md#defaults-and-the-jsd-loss).
 
   Args:
     logits_clean: ``[B, K]`` logits of the clean images.

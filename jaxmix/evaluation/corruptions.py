@@ -1,4 +1,4 @@
-"""CIFAR-10-C / CIFAR-100-C corruptions: an offline generator and loaders (ALGORITHMS.md §10.4).
+"""CIFAR-10-C / CIFAR-100-C corruptions: an offline generator and loaders (docs/algorithms/evaluation.md#ipmix-robustness-cifar-c-and-pgd).
 
 Hendrycks & Dietterich (2019), "Benchmarking Neural Network Robustness to Common
 Corruptions and Perturbations". The generator re-implements the 15 corruptions of
@@ -66,7 +66,6 @@ other sizes run but with the same pixel-unit parameters.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import math
 import os
@@ -75,6 +74,8 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxmix.evaluation.cache import cached_images, fingerprint
 
 CORRUPTIONS = (
   "gaussian_noise",
@@ -734,12 +735,6 @@ def corrupt(key, images: np.ndarray, name: str, *, severity: int, frost_textures
   return np.uint8(out) if out.dtype != np.uint8 else out
 
 
-def _fingerprint(images: np.ndarray, *parts) -> str:
-  digest = hashlib.sha1(np.ascontiguousarray(images).tobytes())
-  digest.update(repr((images.shape, str(images.dtype), _CACHE_VERSION) + parts).encode())
-  return digest.hexdigest()[:16]
-
-
 def corrupted_test_sets(
   images: np.ndarray,
   *,
@@ -776,26 +771,19 @@ def corrupted_test_sets(
   images = np.asarray(images)
   fp = None
   if cache_dir:
-    frost_id = "procedural" if frost_textures is None else _fingerprint(np.concatenate([np.asarray(t).reshape(-1) for t in frost_textures]))
-    fp = _fingerprint(images, int(seed), tuple(severities), frost_id)
+    frost = None if frost_textures is None else np.concatenate([np.asarray(t).reshape(-1) for t in frost_textures])
+    frost_id = "procedural" if frost is None else fingerprint(frost, version=_CACHE_VERSION)
+    fp = fingerprint(images, int(seed), tuple(severities), frost_id, version=_CACHE_VERSION)
   out = {}
   base = jax.random.key(int(seed))
   for name in names:
-    path = os.path.join(cache_dir, f"corrupt_{name}_{fp}.npz") if cache_dir else None
-    if path and os.path.exists(path):
-      with np.load(path) as data:
-        out[name] = data["images"]
-      continue
     key_name = jax.random.fold_in(base, CORRUPTIONS.index(name))
-    stack = np.stack(
-      [corrupt(jax.random.fold_in(key_name, s), images, name, severity=s, frost_textures=frost_textures) for s in severities]
-    )
-    if path:
-      os.makedirs(cache_dir, exist_ok=True)
-      tmp = path + ".tmp.npz"
-      np.savez(tmp, images=stack, severities=np.asarray(severities))
-      os.replace(tmp, path)
-    out[name] = stack
+
+    def build(name=name, key_name=key_name):
+      stack = [corrupt(jax.random.fold_in(key_name, s), images, name, severity=s, frost_textures=frost_textures) for s in severities]
+      return np.stack(stack), {"severities": np.asarray(severities)}
+
+    out[name] = cached_images(os.path.join(cache_dir, f"corrupt_{name}_{fp}.npz") if cache_dir else None, build)
   return out
 
 

@@ -2,12 +2,12 @@
 
 The host side does per-example work only (decode, random crop with zero padding,
 horizontal flip) and keeps images ``uint8``; normalisation runs on device inside the
-train step (``normalize``). The pipeline is deterministic: the shuffle order of an epoch
+train step (``jaxmix.normalize``). The pipeline is deterministic: the shuffle order of an epoch
 and every example's crop and flip depend only on ``(seed, epoch, position in the
 epoch)``, so ``train_batches(..., start_step=s)`` yields exactly the batches an
 uninterrupted epoch yields from step ``s`` on (exact resume after preemption).
 
-Recipes (ALGORITHMS.md §11): the PatchUp / Manifold Mixup / Puzzle Mix lineage uses
+Recipes (docs/algorithms/recipes.md): the PatchUp / Manifold Mixup / Puzzle Mix lineage uses
 ``crop_padding=2`` with a flip (SVHN: no flip); Input Mixup, CutMix, Cutout and IPMix
 use ``crop_padding=4``; the Keras notebooks use neither (``crop_padding=0,
 flip=False``) and subtract the per-pixel mean image (``pixel_mean``).
@@ -22,16 +22,28 @@ import collections
 import hashlib
 import itertools
 import json
-import numbers
 import os
 import zipfile
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
+from jaxmix.evaluation.protocols import spread_indices
+from jaxmix.ops.core import check_int, normalize
+
+__all__ = (
+  "Datasets",
+  "Split",
+  "eval_batches",
+  "load",
+  "normalize",
+  "pixel_mean",
+  "prefetch_to_device",
+  "spread_indices",
+  "steps_per_epoch",
+  "train_batches",
+)
 
 _CACHE_FORMAT = 1
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -59,7 +71,7 @@ class Datasets(NamedTuple):
       when ``valid_labels_per_class == 0``.
     test: the test split.
     num_classes: K.
-    mean: per-channel mean in ``[0, 1]`` units (ALGORITHMS.md §11.1).
+    mean: per-channel mean in ``[0, 1]`` units (docs/algorithms/recipes.md#preactresnet-and-wrn-lineage).
     std: per-channel std in ``[0, 1]`` units.
     name: canonical dataset name (``"cifar10"``, ``"cifar100"``, ``"svhn_cropped"``).
     class_names: class names in label order (folder names, sorted, for local data).
@@ -132,14 +144,6 @@ def _permutation(n: int, *words: int) -> np.ndarray:
 # Validation
 
 
-def _check_int(name: str, value, low: int, *, allow_none: bool = False) -> None:
-  if value is None and allow_none:
-    return
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-    none = " or None" if allow_none else ""
-    raise ValueError(f"{name} must be an int >= {low}{none}, got {value!r}.")
-
-
 def _canonical_name(dataset: str) -> str:
   name = _ALIASES.get(str(dataset).lower(), str(dataset).lower())
   if name not in _DATASETS:
@@ -204,15 +208,15 @@ def load(
     FileNotFoundError: ``data_dir`` does not exist.
 
   Example:
-    >>> ds = jaxmix.data.load("cifar10", "../shared/data/cifar10", labels_per_class=100)
+    >>> ds = jaxmix.data.load("cifar10", "~/data/cifar10", labels_per_class=100)
     >>> ds.train.images.shape
     (1000, 32, 32, 3)
   """
   name = _canonical_name(dataset)
   spec = _DATASETS[name]
-  _check_int("labels_per_class", labels_per_class, 1, allow_none=True)
-  _check_int("valid_labels_per_class", valid_labels_per_class, 0)
-  _check_int("seed", seed, -(1 << 63))
+  check_int("labels_per_class", labels_per_class, 1, allow_none=True)
+  check_int("valid_labels_per_class", valid_labels_per_class, 0)
+  check_int("seed", seed, -(1 << 63))
 
   sources = None
   if data_dir is not None:
@@ -454,22 +458,10 @@ def _load_tfds(name: str, data_dir: Optional[str]):
   return to_split(train), to_split(test), names
 
 
-def spread_indices(total: int, n: Optional[int]) -> np.ndarray:
-  """``n`` evenly spaced indices of ``range(total)`` (all of them if ``n`` is None or >= total).
-
-  A deterministic, RNG-free way to cut an evaluation set: on a class-sorted test set
-  (the class-folder layout) it keeps the classes balanced, where the first ``n``
-  examples would cover only the first classes.
-  """
-  if n is None or n >= total:
-    return np.arange(total)
-  return np.floor(np.arange(n) * (total / n)).astype(np.int64)
-
-
 def pixel_mean(split: Split) -> np.ndarray:
   """The per-pixel mean image ``[H, W, C]`` float32 in ``[0, 1]`` units.
 
-  The Keras notebooks of Patch Augmentation (ALGORITHMS.md §11.6) subtract this image
+  The Keras notebooks of Patch Augmentation (docs/algorithms/recipes.md#keras-resnet20v1-and-resnet29v2) subtract this image
   of the training set: ``normalize(images, pixel_mean(ds.train), 1.0)``.
   """
   _check_split(split)
@@ -485,7 +477,7 @@ def pixel_mean(split: Split) -> np.ndarray:
 
 def steps_per_epoch(split: Split, batch_size: int) -> int:
   """Number of full batches of an epoch (``train_batches`` drops the remainder)."""
-  _check_int("batch_size", batch_size, 1)
+  check_int("batch_size", batch_size, 1)
   return _check_split(split) // batch_size
 
 
@@ -548,18 +540,18 @@ def train_batches(
     ...   state, metrics = train_step(state, batch, key)
   """
   n = _check_split(split)
-  _check_int("batch_size", batch_size, 1)
-  _check_int("epoch", epoch, 0)
-  _check_int("crop_padding", crop_padding, 0)
-  _check_int("num_shards", num_shards, 1)
-  _check_int("seed", seed, -(1 << 63))
+  check_int("batch_size", batch_size, 1)
+  check_int("epoch", epoch, 0)
+  check_int("crop_padding", crop_padding, 0)
+  check_int("num_shards", num_shards, 1)
+  check_int("seed", seed, -(1 << 63))
   steps = n // batch_size
-  _check_int("start_step", start_step, 0)
+  check_int("start_step", start_step, 0)
   if start_step > steps:
     raise ValueError(f"start_step must be in [0, {steps}] (steps per epoch), got {start_step}.")
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} must be divisible by num_shards {num_shards}.")
-  _check_int("shard_index", shard_index, 0)
+  check_int("shard_index", shard_index, 0)
   if shard_index >= num_shards:
     raise ValueError(f"shard_index must be in [0, {num_shards - 1}], got {shard_index}.")
   if start_step == steps:
@@ -610,7 +602,7 @@ def eval_batches(split: Split, *, batch_size: int) -> Iterator[dict]:
     ``{"image": uint8 [B, H, W, C], "label": int32 [B], "mask": bool [B]}``.
   """
   n = _check_split(split)
-  _check_int("batch_size", batch_size, 1)
+  check_int("batch_size", batch_size, 1)
   return _eval_generator(np.asarray(split.images), np.asarray(split.labels, np.int32), n, batch_size)
 
 
@@ -656,7 +648,7 @@ def prefetch_to_device(iterator: Iterable, size: int = 2, sharding=None) -> Iter
     ValueError: ``size < 1`` or a batch not divisible by the device count of
       ``sharding``.
   """
-  _check_int("size", size, 1)
+  check_int("size", size, 1)
   shards = None if sharding is None else _batch_shards(sharding)
 
   def put(batch):
@@ -679,23 +671,3 @@ def _prefetch(it, size, put):
     yield queue.popleft()
     for b in itertools.islice(it, 1):
       queue.append(put(b))
-
-
-def normalize(images, mean, std, *, max_value: float = 255.0) -> Array:
-  """``(images / max_value - mean) / std`` in float32, on device.
-
-  Args:
-    images: ``[..., H, W, C]`` uint8 pixels, or floats on the same 0..255 scale.
-    mean: per-channel ``[C]`` (e.g. ``Datasets.mean``) or a mean image ``[H, W, C]``,
-      in ``[0, 1]`` units.
-    std: per-channel ``[C]``, an image ``[H, W, C]`` or a scalar.
-    max_value: the pixel scale (255 for uint8 data; 1 for images already in [0, 1]).
-
-  Returns:
-    float32 array of the shape of ``images``.
-
-  Example:
-    >>> x = normalize(batch["image"], ds.mean, ds.std)
-  """
-  x = jnp.asarray(images).astype(jnp.float32) / max_value
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -21,11 +21,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmix import core, hidden_ops, input_ops
-from jaxmix.core import Array, MixResult
-from jaxmix.models import SITES
+from jaxmix.ops import core, hidden_ops, input_ops
+from jaxmix.ops.core import Array, MixResult
+
+SITES = ("input", "conv1", "layer1", "layer2", "layer3")
+"""The mixing sites every model of ``jaxmix.models`` calls, in forward order: the input
+batch, after the stem (``conv1``) and after each of the first three residual stages."""
 
 MixFn = Callable[[str, Array, MixResult], tuple]
+"""A mixer: ``h, carry = mix_fn(site, h, carry)``."""
 
 
 def _check_sites(sites: Sequence[str]) -> tuple:
@@ -71,7 +75,7 @@ def _manifold_mixup(
   def mix_fn(site: str, h: Array, carry: MixResult):
     if site not in sites:
       return h, carry
-    h = lax.cond(layer == sites.index(site), lambda h: hidden_ops._pair_mix(h, perm, lam), lambda h: h, h)
+    h = lax.cond(layer == sites.index(site), lambda h: hidden_ops.pair_mix(h, perm, lam), lambda h: h, h)
     return h, carry
 
   return mix_fn, carry
@@ -100,7 +104,7 @@ def _patchup(
   batch = labels.shape[0]
   if mode not in ("soft", "hard"):
     raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}.")
-  default_gamma, default_prob = hidden_ops._PATCHUP_DEFAULTS[mode]
+  default_gamma, default_prob = hidden_ops.PATCHUP_DEFAULTS[mode]
   gamma = default_gamma if gamma is None else gamma
   prob = default_prob if prob is None else prob
   core.check_prob("gamma", gamma)
@@ -113,7 +117,7 @@ def _patchup(
     lam = hidden_ops.sample_lam(key_lam, alpha if use_alpha else 2.0)
   perm = core.sample_perm(key_perm, batch) if perm is None else jnp.asarray(perm, jnp.int32)
   layer = _layer(key_layer, len(sites), layer)
-  if not (hidden_ops._is_static(prob) and prob >= 1.0):
+  if not (core.is_static_number(prob) and prob >= 1.0):
     layer = jnp.where(jax.random.uniform(key_apply) < prob, layer, -1)
 
   def mix_fn(site: str, h: Array, carry: MixResult):
@@ -155,7 +159,7 @@ def _dropblock(
 ):
   """DropBlock at every site of ``sites`` (``drop_block_all``) or one per batch."""
   sites = _check_sites(sites)
-  if hidden_ops._is_static(keep_prob):
+  if core.is_static_number(keep_prob):
     core.check_prob("keep_prob", keep_prob)
   key_layer, key_op = jax.random.split(key)
   layer = None if drop_block_all else _layer(key_layer, len(sites), layer)

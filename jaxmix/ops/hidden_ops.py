@@ -13,14 +13,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmix import core
-from jaxmix.core import Array, MixResult
+from jaxmix.ops import core
+from jaxmix.ops.core import Array, MixResult
 
-_PATCHUP_DEFAULTS = {"soft": (0.75, 1.0), "hard": (0.5, 0.7)}  # mode -> (gamma, prob), README.
-
-
-def _is_static(x) -> bool:
-  return isinstance(x, numbers.Real) or (hasattr(x, "ndim") and x.ndim == 0 and not isinstance(x, jax.core.Tracer))
+PATCHUP_DEFAULTS = {"soft": (0.75, 1.0), "hard": (0.5, 0.7)}
+"""PatchUp mode -> (gamma, prob) of the official README."""
 
 
 def _check_block_size(block_size, height: int, width: int, *, odd: bool) -> None:
@@ -61,13 +58,9 @@ def sample_lam(key, alpha: float) -> Array:
   which avoids compiling JAX's rejection sampler for the defaults of PatchUp,
   Manifold Mixup and CutMix; other values use ``jax.random.beta``.
   """
-  if alpha == 0:
-    return jnp.float32(1.0)
-  if alpha == 1:
-    return jax.random.uniform(key, (), jnp.float32)
   if alpha == 2:
     return jnp.median(jax.random.uniform(key, (3,), jnp.float32))
-  return jax.random.beta(key, alpha, alpha, (), dtype=jnp.float32)
+  return core.sample_beta(key, alpha)
 
 
 def patchup_gamma_adj(gamma, height: int, width: int, block_size: int):
@@ -81,7 +74,8 @@ def patchup_gamma_adj(gamma, height: int, width: int, block_size: int):
   return gamma * height * width / (block_size**2 * (height - block_size + 1) * (width - block_size + 1))
 
 
-def _pair_mix(features: Array, perm: Array, lam: Array) -> Array:
+def pair_mix(features: Array, perm: Array, lam: Array) -> Array:
+  """``lam * h + (1 - lam) * h[perm]`` per sample (``lam`` scalar or ``[B]``), computed in float32."""
   lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), features.shape[:1]).reshape((-1,) + (1,) * (features.ndim - 1))
   h = features.astype(jnp.float32)
   return (lam * h + (1.0 - lam) * h[perm]).astype(features.dtype)
@@ -134,7 +128,7 @@ def manifold_mixup(key, features: Array, labels: Array, *, alpha: float = 2.0, p
   lam = sample_lam(key_lam, alpha) if lam is None else jnp.asarray(lam, jnp.float32)
   perm = core.sample_perm(key_perm, batch) if perm is None else jnp.asarray(perm, jnp.int32)
   lam_b = jnp.broadcast_to(lam, (batch,))
-  return MixResult(_pair_mix(features, perm, lam_b), core.mix_labels(labels, perm, lam_b), lam_b, perm, loss_scale=jnp.float32(1.0))
+  return MixResult(pair_mix(features, perm, lam_b), core.mix_labels(labels, perm, lam_b), lam_b, perm, loss_scale=jnp.float32(1.0))
 
 
 def patchup(
@@ -218,9 +212,9 @@ def patchup(
     >>> loss = res.loss_scale * jaxmix.bce_on_softmax(logits, res.labels)
   """
   batch, height, width, channels = _check_features(features, labels, lam, perm)
-  if mode not in _PATCHUP_DEFAULTS:
+  if mode not in PATCHUP_DEFAULTS:
     raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}.")
-  default_gamma, default_prob = _PATCHUP_DEFAULTS[mode]
+  default_gamma, default_prob = PATCHUP_DEFAULTS[mode]
   gamma = default_gamma if gamma is None else gamma
   prob = default_prob if prob is None else prob
   core.check_prob("gamma", gamma)
@@ -247,7 +241,7 @@ def patchup(
     p_keep = 1.0 - p_chg
     partner = features[perm]
     if mode == "soft":
-      changed = _pair_mix(features, perm, lam)
+      changed = pair_mix(features, perm, lam)
       t_b = core.mix_labels(labels, perm, lam)
       own = p_keep + p_chg * lam
     else:
@@ -259,7 +253,7 @@ def patchup(
     mask = jnp.broadcast_to(holes, features.shape)
     return MixResult(mixed, t_rw, own, perm, mask=mask, loss_scale=jnp.float32(2.0))
 
-  if _is_static(prob) and prob >= 1.0:
+  if core.is_static_number(prob) and prob >= 1.0:
     return apply(features, labels)
 
   def skip(features, labels):
@@ -275,7 +269,7 @@ def dropblock_gamma(keep_prob, height: int, width: int, block_size: int):
   The paper / TF formula, also used by the PatchUp copy. ``0.0030914`` at
   ``S = 32, bs = 7, keep_prob = 0.9``.
   """
-  return (1.0 - keep_prob) * height * width / (block_size**2 * (height - block_size + 1) * (width - block_size + 1))
+  return patchup_gamma_adj(1.0 - keep_prob, height, width, block_size)
 
 
 def dropblock(key, features: Array, *, block_size: int = 7, keep_prob=0.9, variant: str = "patchup", seeds=None) -> Array:
@@ -322,7 +316,7 @@ def dropblock(key, features: Array, *, block_size: int = 7, keep_prob=0.9, varia
   """
   shape = core.check_images(features, "features")
   _, height, width, _ = shape
-  if _is_static(keep_prob):
+  if core.is_static_number(keep_prob):
     core.check_prob("keep_prob", keep_prob)
   if variant == "patchup":
     _check_block_size(block_size, height, width, odd=True)

@@ -1,0 +1,257 @@
+"""The run configuration: ``TrainConfig``, the command line built from it, and what
+derives from it (the method's hyper-parameters, the step configuration, the optimizer,
+the data).
+
+Every setting is written once, as a ``TrainConfig`` field whose metadata carries its
+help text and flag aliases; ``build_parser`` turns the fields into the flags of
+``jaxmix train`` (the PatchUp ``main.py`` flags among them), the methods' own flags come
+from the registry, and ``step_config`` derives the train step's static configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Optional
+
+import jax.numpy as jnp
+import optax
+
+from jaxmix.evaluation.protocols import spread_indices
+from jaxmix.training import data as jdata
+from jaxmix.training import models
+from jaxmix.training.registry import HPARAM_FLAGS, METHODS, get_method, parse_bool
+from jaxmix.training.step import StepConfig
+
+__all__ = (
+  "TrainConfig",
+  "build_parser",
+  "config_from_args",
+  "load_data",
+  "make_optimizer",
+  "read_config",
+  "resolve_hparams",
+  "step_config",
+)
+
+
+def _field(default, help: str, *, flags: tuple = (), choices=None, cli: bool = True, group: str = "run"):
+  """A ``TrainConfig`` field with its command-line help, extra flag names and group."""
+  meta = {"help": help, "flags": flags, "choices": choices, "cli": cli, "group": group}
+  if isinstance(default, (dict, list)):
+    return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+  return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything that defines a run (saved as ``config.json`` in the run directory)."""
+
+  dataset: str = _field("cifar10", "cifar10, cifar100 or svhn (tfds names, or offline with --data_dir)")
+  data_dir: Optional[str] = _field(None, "tfds data dir, or a local class-folder directory / zip (e.g. ~/data/cifar10)")
+  root_dir: str = _field("experiments", "folder where run directories are created")
+  job_id: str = _field("", "name of the run directory (default: derived from dataset/arch/method/seed)")
+  labels_per_class: Optional[int] = _field(None, "training examples per class (default: all)")
+  valid_labels_per_class: int = _field(0, "held-out validation examples per class")
+  arch: str = _field("preactresnet18", "model architecture", choices=models.ARCHS)
+  model_kwargs: dict = _field({}, "JSON kwargs of the model, e.g. '{\"widths\": [16, 32, 64, 128]}'")
+  train: str = _field("vanilla", "mixing method", choices=tuple(sorted(METHODS)))
+  hparams: dict = _field({}, "the method's hyper-parameters (set through the method flags)", cli=False)
+  loss: str = _field("bce", "bce = BCE on softmax (PatchUp/MM/PuzzleMix), ce = cross-entropy", choices=("bce", "ce"))
+  label_smoothing: float = _field(0.0, "label smoothing applied before mixing")
+  epochs: int = _field(400, "training epochs")
+  batch_size: int = _field(100, "global batch size")
+  optimizer: str = _field("sgd", "optimizer", choices=("sgd", "adam"))
+  learning_rate: float = _field(0.1, "initial learning rate")
+  momentum: float = _field(0.9, "SGD momentum")
+  nesterov: bool = _field(True, "Nesterov momentum")
+  decay: float = _field(1e-4, "weight decay (L2 through the optimizer, as PyTorch SGD)")
+  l2_conv: float = _field(0.0, "L2 penalty on conv kernels in the loss (Keras ResNets: 1e-4)")
+  lr_schedule: str = _field("step", "learning-rate schedule", choices=("step", "cosine"))
+  schedule: tuple = _field((150, 225), "epochs at which the lr is multiplied by --step_factors")
+  step_factors: tuple = _field((0.1, 0.1), "lr factors at the --schedule epochs")
+  crop_padding: int = _field(2, "random-crop zero padding (2 in the PatchUp lineage, 4 elsewhere)")
+  flip: bool = _field(True, "random horizontal flip")
+  seed: int = _field(0, "seed of the data order, augmentation, initialisation and mixing", flags=("--manualSeed",))
+  num_devices: int = _field(0, "devices to use (0 = all)")
+  mix_group_size: int = _field(0, "mix within fixed groups of this many examples (device-count independent)")
+  jsd: bool = _field(False, "IPMix JSD consistency loss (clean + two views)", group="method")
+  clean_lam: float = _field(0.0, "Puzzle Mix clean-loss weight (> 0 keeps its parameter gradients)", group="method")
+  eval_batch_size: int = _field(500, "evaluation batch size")
+  keep_checkpoints: int = _field(2, "periodic checkpoints to keep")
+  save_every_steps: int = _field(0, "also checkpoint every N steps within an epoch")
+  max_steps_per_epoch: int = _field(0, "cap the steps per epoch (smoke runs)")
+  max_eval_examples: int = _field(0, "evaluate on N evenly spaced test/valid examples only (smoke runs; 0 = all)")
+  print_freq: int = _field(50, "progress line every N steps")
+  affine_test: bool = _field(False, "evaluate on the deformed test sets", group="eval")
+  affine_path: Optional[str] = _field(None, "cache directory of the deformed test sets", group="eval")
+  fsgm_attack: bool = _field(False, "evaluate FGSM robustness", group="eval")
+
+  def run_dir(self) -> str:
+    name = self.job_id or f"{self.dataset}_{self.arch}_{self.train}_seed{self.seed}"
+    return os.path.join(self.root_dir, name)
+
+
+# Flags of PatchUp's main.py that concern only its own code or hardware.
+_IGNORED_FLAGS = (
+  ("--k", {"type": int}),
+  ("--dropout", {"action": "store_true"}),
+  ("--data_aug", {"type": int}),
+  ("--checkpoint", {}),
+  ("--workers", {"type": int}),
+  ("--ngpu", {"type": int}),
+  ("--add_name", {}),
+  ("--loss_params", {"type": int, "nargs": "+"}),
+)
+
+_GROUPS = {
+  "method": "method hyper-parameters (unset = the method's seed default)",
+  "eval": "evaluation at the end (PatchUp flags)",
+}
+
+
+def _field_kwargs(field: dataclasses.Field, hint) -> dict:
+  """argparse keywords of a ``TrainConfig`` field, from its type hint and default."""
+  meta = field.metadata
+  default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+  kw = {"dest": field.name, "default": default, "help": meta["help"]}
+  if meta["choices"]:
+    kw["choices"] = list(meta["choices"])
+  if hint is bool:
+    kw.update(type=parse_bool, nargs="?", const=True)
+  elif hint is dict:
+    kw["type"] = json.loads
+  elif hint is tuple:
+    kw.update(type=type(default[0]), nargs="+", default=list(default))
+  else:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    if base in (int, float):
+      kw["type"] = base
+  return kw
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The ``jaxmix train`` flags: one per ``TrainConfig`` field, plus the registry's method flags.
+
+  Accepts the flags of PatchUp's ``main.py`` with their meanings; its flags that only
+  concern its own code or hardware are accepted and have no effect.
+  """
+  p = argparse.ArgumentParser(
+    prog="jaxmix train",
+    description="Train a classifier with a mixing method. Accepts the flags of the PatchUp main.py.",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  groups = {"run": p, **{name: p.add_argument_group(title) for name, title in _GROUPS.items()}}
+  hints = typing.get_type_hints(TrainConfig)
+  for field in dataclasses.fields(TrainConfig):
+    if field.metadata["cli"]:
+      names = (*field.metadata["flags"], f"--{field.name}")
+      groups[field.metadata["group"]].add_argument(*names, **_field_kwargs(field, hints[field.name]))
+  p.add_argument(
+    "--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first (each host reads its slice)"
+  )
+  users = {flag: sorted(m.name for m in METHODS.values() if flag in m.flags) for flag in HPARAM_FLAGS}
+  for flag, spec in HPARAM_FLAGS.items():
+    kw = {"type": spec.type, "default": None, "help": f"{spec.help} [{', '.join(users[flag])}]"}
+    if spec.choices:
+      kw["choices"] = list(spec.choices)
+    if spec.optional_value:
+      kw.update(nargs="?", const=True)
+    groups["method"].add_argument(f"--{flag}", **kw)
+  compat = p.add_argument_group("accepted for compatibility with PatchUp main.py (no effect)")
+  for flag, kw in _IGNORED_FLAGS:
+    compat.add_argument(flag, default=None, **kw)
+  return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+  """Maps parsed flags to a ``TrainConfig`` (method flags through the registry's ``flags``)."""
+  method = get_method(args.train)
+  hparams = {kw: getattr(args, flag) for flag, kw in method.flags.items() if getattr(args, flag) is not None}
+  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]}
+  values.update(
+    dataset={"svhn": "svhn_cropped"}.get(args.dataset, args.dataset),
+    hparams=hparams,
+    schedule=tuple(args.schedule),
+    step_factors=tuple(args.step_factors),
+  )
+  return TrainConfig(**values)
+
+
+def read_config(path: str) -> TrainConfig:
+  """The ``TrainConfig`` saved in ``path`` (a ``config.json``); unknown keys are ignored."""
+  with open(path) as f:
+    try:
+      raw = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); it is not a readable jaxmix run configuration.") from None
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  return TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in fields})
+
+
+# ----------------------------------------------------------------------------
+# What derives from the configuration
+
+
+def resolve_hparams(cfg: TrainConfig) -> dict:
+  """The registry's seed defaults for ``cfg.train`` updated by ``cfg.hparams``."""
+  hp = dict(get_method(cfg.train).defaults)
+  hp.update(cfg.hparams)
+  return hp
+
+
+def step_config(cfg: TrainConfig, num_classes: int, mean, std) -> StepConfig:
+  """The train step's static configuration for a run on a data set of ``num_classes``."""
+  return StepConfig(
+    method=cfg.train,
+    hparams=tuple(sorted(resolve_hparams(cfg).items())),
+    num_classes=num_classes,
+    mean=tuple(mean),
+    std=tuple(std),
+    loss=cfg.loss,
+    label_smoothing=cfg.label_smoothing,
+    group_size=cfg.mix_group_size,
+    jsd=cfg.jsd,
+    clean_lam=cfg.clean_lam,
+    l2_conv=cfg.l2_conv,
+  )
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD (momentum, Nesterov, L2 weight decay as PyTorch) or Adam, with the recipes' schedules.
+
+  ``step``: lr multiplied by ``step_factors[i]`` from epoch ``schedule[i]`` on (PatchUp's
+  ``adjust_learning_rate``); ``cosine``: per-step cosine decay to 1e-6 (IPMix).
+  """
+  if len(cfg.schedule) != len(cfg.step_factors):
+    raise ValueError(f"--schedule {list(cfg.schedule)} and --step_factors {list(cfg.step_factors)} must have the same length.")
+  if cfg.lr_schedule == "step":
+    boundaries = {int(e) * steps_per_epoch: float(f) for e, f in zip(cfg.schedule, cfg.step_factors, strict=True)}
+    lr = optax.piecewise_constant_schedule(cfg.learning_rate, boundaries)
+  elif cfg.lr_schedule == "cosine":
+    total = max(1, cfg.epochs * steps_per_epoch)
+    floor = 1e-6 / cfg.learning_rate
+    lr = lambda s: cfg.learning_rate * (floor + (1 - floor) * 0.5 * (1 + jnp.cos(jnp.pi * s / total)))  # noqa: E731
+  else:
+    raise ValueError(f"--lr_schedule must be 'step' or 'cosine', got {cfg.lr_schedule!r}.")
+  if cfg.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(cfg.decay), optax.sgd(lr, momentum=cfg.momentum, nesterov=cfg.nesterov))
+  if cfg.optimizer == "adam":
+    return optax.chain(optax.add_decayed_weights(cfg.decay), optax.adam(lr))
+  raise ValueError(f"--optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}.")
+
+
+def load_data(cfg: TrainConfig) -> Any:
+  """``jaxmix.data.load`` for the config, with eval splits cut to ``max_eval_examples``."""
+  data = jdata.load(
+    cfg.dataset, cfg.data_dir, labels_per_class=cfg.labels_per_class, valid_labels_per_class=cfg.valid_labels_per_class, seed=cfg.seed
+  )
+  n = cfg.max_eval_examples
+  if n:
+    cut = lambda s: None if s is None else type(s)(*(a[spread_indices(len(s.labels), n)] for a in s))  # noqa: E731
+    data = data._replace(valid=cut(data.valid), test=cut(data.test))
+  return data

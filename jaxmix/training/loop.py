@@ -1,0 +1,282 @@
+"""Training: ``jaxmix train`` and the ``train(config)`` function behind it.
+
+One readable loop: load data, build model and optimizer, resume from the run
+directory if it holds a checkpoint, then for each epoch run the jitted
+data-parallel step (:mod:`jaxmix.training.step`) over the input pipeline's batches, evaluate,
+log JSONL, checkpoint with orbax (periodic + best validation). The run is
+resumable bit-for-bit: the data order, crops, flips and every mixing draw depend
+only on the seed and the global step, which the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmix.evaluation.protocols import evaluate_all
+from jaxmix.training import checkpoint as ckpt
+from jaxmix.training import data as jdata
+from jaxmix.training import models
+from jaxmix.training import step as ts
+from jaxmix.training.config import (
+  TrainConfig,
+  build_parser,
+  config_from_args,
+  load_data,
+  make_optimizer,
+  resolve_hparams,
+  step_config,
+)
+from jaxmix.training.registry import get_method
+
+__all__ = ("TrainConfig", "cli_main", "evaluate", "train")
+
+
+# ----------------------------------------------------------------------------
+# Building blocks
+
+
+def evaluate(eval_step, variables, split, data, batch_size: int, sharding) -> dict:
+  """Top-1 / top-5 accuracy (%) and mean CE of ``variables`` on a data split."""
+  totals = None
+  batches = map(_host_slice, jdata.eval_batches(split, batch_size=batch_size))
+  for batch in jdata.prefetch_to_device(batches, 2, sharding):
+    out = eval_step(variables, batch, tuple(data.mean), tuple(data.std))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  n = float(totals["count"])
+  return {"top1": 100.0 * float(totals["correct"]) / n, "top5": 100.0 * float(totals["correct5"]) / n, "loss": float(totals["ce"]) / n}
+
+
+def _host_slice(batch: dict) -> dict:
+  """This host's contiguous slice of a global batch (the whole batch on one host)."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  return {k: np.array_split(v, n)[i] for k, v in batch.items()}
+
+
+class _Progress:
+  """A one-line progress bar with loss / accuracy / img/s (plain lines when not a TTY)."""
+
+  def __init__(self, epoch: int, total: int, freq: int):
+    self.epoch, self.total, self.freq = epoch, total, freq
+    self.tty = sys.stdout.isatty()
+    self.start = time.perf_counter()
+
+  def update(self, i: int, images: int, metrics: dict) -> None:
+    rate = images / max(time.perf_counter() - self.start, 1e-9)
+    line = f"epoch {self.epoch:3d} [{i:4d}/{self.total}] loss {metrics['loss']:.4f} acc {100 * metrics['accuracy']:.2f}% {rate:8.1f} img/s"
+    print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+  def close(self) -> None:
+    if self.tty:
+      print()
+
+
+# ----------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig) -> dict:
+  """Trains (or resumes, or returns the finished) run described by ``cfg``.
+
+  Returns:
+    The summary dict (also written to ``<run_dir>/summary.json``): test metrics of
+    the best-validation (or last) checkpoint, the run's timing and its config.
+
+  Raises:
+    ValueError: on unknown method / arch / dataset, a bad data path, a run directory
+      holding a different run, or a NaN loss (the last good checkpoint is kept).
+  """
+  get_method(cfg.train)
+  if cfg.arch not in models.ARCHS:
+    raise ValueError(f"unknown --arch {cfg.arch!r}; known architectures: {', '.join(models.ARCHS)}.")
+  if cfg.jsd and not get_method(cfg.train).pixel_space:
+    raise ValueError("--jsd needs a pixel-space label-preserving method (ipmix).")
+  run_dir = cfg.run_dir()
+  finished = ckpt.check_run_dir(cfg, run_dir)
+  if finished is not None:
+    print(f"jaxmix train: {run_dir} already holds a finished run; not overwriting it. Test: {finished.get('test')}")
+    return finished
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=2)
+
+  data = load_data(cfg)
+  mesh = ts.make_mesh(cfg.num_devices)
+  n_dev = mesh.devices.size
+  if cfg.batch_size % n_dev:
+    raise ValueError(f"--batch_size {cfg.batch_size} must be divisible by the number of devices ({n_dev}).")
+  spe = jdata.steps_per_epoch(data.train, cfg.batch_size)
+  if cfg.max_steps_per_epoch:
+    spe = min(spe, cfg.max_steps_per_epoch)
+  if spe < 1:
+    raise ValueError(f"the training split has {len(data.train.labels)} examples, fewer than --batch_size {cfg.batch_size}.")
+
+  model = models.get_model(cfg.arch, data.num_classes, **cfg.model_kwargs)
+  tx = make_optimizer(cfg, spe)
+  seed_key = jax.random.key(cfg.seed)
+  init_key, _ = jax.random.split(jax.random.fold_in(seed_key, 1))
+  state = ts.init_state(model, tx, init_key, data.train.images.shape[1:], seed_key=seed_key)
+  step_cfg = step_config(cfg, data.num_classes, data.mean, data.std)
+  train_step = ts.make_train_step(model, step_cfg, mesh, per_device_batch=cfg.batch_size // n_dev)
+  eval_step = ts.make_eval_step(model, mesh)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
+  eval_bs = max(n_dev, cfg.eval_batch_size - cfg.eval_batch_size % n_dev)
+
+  manager = ckpt.checkpoint_manager(os.path.join(run_dir, "checkpoints"), cfg.keep_checkpoints)
+  best_manager = ckpt.checkpoint_manager(os.path.join(run_dir, "best"), 1)
+  meta = {"best_valid_top1": -1.0, "best_epoch": -1, "train_seconds": 0.0}
+  if manager.latest_step() is not None:
+    state, meta = ckpt.restore(manager, state)
+    print(f"jaxmix train: resumed {run_dir} at step {int(state.step)}")
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(state, replicated)
+  base_key = np.array(jax.device_get(state.rng))  # a copy: the state is donated
+
+  log_path = os.path.join(run_dir, "metrics.jsonl")
+  start_epoch, start_step = divmod(int(state.step), spe)
+  ckpt.truncate_log(log_path, start_epoch)
+  print(
+    f"jaxmix train: {cfg.train} on {data.name} ({len(data.train.labels)} train / "
+    f"{0 if data.valid is None else len(data.valid.labels)} valid / {len(data.test.labels)} test), "
+    f"{cfg.arch}, {n_dev} device(s), {spe} steps/epoch, run dir {run_dir}"
+  )
+  t_run = time.perf_counter()
+  for epoch in range(start_epoch, cfg.epochs):
+    t_epoch = time.perf_counter()
+    first = start_step if epoch == start_epoch else 0
+    batches = jdata.train_batches(
+      data.train,
+      batch_size=cfg.batch_size,
+      seed=cfg.seed,
+      epoch=epoch,
+      start_step=first,
+      crop_padding=cfg.crop_padding,
+      flip=cfg.flip,
+      num_shards=jax.process_count(),
+      shard_index=jax.process_index(),
+    )
+    progress = _Progress(epoch, spe, cfg.print_freq)
+    sums, count, timed = None, 0, 0
+    if epoch == start_epoch and first and "epoch_sums" in meta:  # resumed mid-epoch: the epoch's running sums
+      sums = {k: jnp.float32(v) for k, v in meta["epoch_sums"].items()}
+      count = meta["epoch_count"]
+    meta.pop("epoch_sums", None)
+    meta.pop("epoch_count", None)
+    for i, batch in enumerate(jdata.prefetch_to_device(batches, 2, sharding), start=first):
+      if i >= spe:
+        break
+      state, metrics = train_step(state, batch, base_key)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      count += 1
+      timed += 1
+      if (i + 1) % cfg.print_freq == 0 or i + 1 == spe:
+        host = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+        if not math.isfinite(host["loss"]):
+          progress.close()
+          raise ValueError(
+            f"NaN/inf loss at epoch {epoch}, step {int(state.step)}; stopped. The last good checkpoint in {run_dir} is kept."
+          )
+        progress.update(i + 1, (i + 1 - first) * cfg.batch_size, host)
+      if cfg.save_every_steps and int(state.step) % cfg.save_every_steps == 0 and i + 1 < spe:
+        partial = {k: float(v) for k, v in jax.device_get(sums).items()}
+        ckpt.save(
+          manager,
+          state,
+          {**meta, "train_seconds": meta["train_seconds"] + time.perf_counter() - t_run, "epoch_sums": partial, "epoch_count": count},
+        )
+    progress.close()
+    train_metrics = {k: float(v) / max(count, 1) for k, v in jax.device_get(sums).items()} if sums else {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    record = {"epoch": epoch, "step": int(state.step), "train": train_metrics, "epoch_seconds": time.perf_counter() - t_epoch}
+    if data.valid is not None:
+      record["valid"] = evaluate(eval_step, variables, data.valid, data, eval_bs, sharding)
+    record["test"] = evaluate(eval_step, variables, data.test, data, eval_bs, sharding)
+    record["img_per_s"] = timed * cfg.batch_size / max(record["epoch_seconds"], 1e-9)
+    meta["train_seconds"] += time.perf_counter() - t_run
+    t_run = time.perf_counter()
+    score = record["valid"]["top1"] if "valid" in record else record["test"]["top1"]
+    is_best = data.valid is not None and score > meta["best_valid_top1"]
+    if is_best:
+      meta.update(best_valid_top1=score, best_epoch=epoch)
+      ckpt.save(best_manager, state, meta)
+    ckpt.save(manager, state, meta)
+    with open(log_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    print(
+      f"epoch {epoch:3d}: train loss {train_metrics.get('loss', float('nan')):.4f}"
+      + (f"  valid top1 {record['valid']['top1']:.2f}" if "valid" in record else "")
+      + f"  test top1 {record['test']['top1']:.2f}  ({record['epoch_seconds']:.1f}s, {record['img_per_s']:.0f} img/s)"
+    )
+
+  return _finish(cfg, run_dir, manager, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated)
+
+
+def _finish(cfg, run_dir, manager, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated) -> dict:
+  """Tests the best-validation (else the last) checkpoint and writes summary.json."""
+  chosen = "last"
+  if best_manager.latest_step() is not None:
+    state, _ = ckpt.restore(best_manager, state)
+    state = jax.device_put(state, replicated)
+    chosen = f"best valid (epoch {meta['best_epoch']})"
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  summary = {
+    "run_dir": run_dir,
+    "method": cfg.train,
+    "hparams": resolve_hparams(cfg),
+    "checkpoint": chosen,
+    "step": int(state.step),
+    "test": evaluate(eval_step, variables, data.test, data, eval_bs, sharding),
+    "best_valid_top1": meta["best_valid_top1"] if meta["best_epoch"] >= 0 else None,
+    "train_seconds": meta["train_seconds"],
+    "config": dataclasses.asdict(cfg),
+  }
+  if cfg.fsgm_attack or cfg.affine_test:
+    summary["robustness"] = _robustness(cfg, run_dir)
+  with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, default=str)
+  print(f"jaxmix train: done. Test ({chosen}): top1 {summary['test']['top1']:.2f}%  top5 {summary['test']['top5']:.2f}%")
+  return summary
+
+
+def _robustness(cfg: TrainConfig, run_dir: str) -> dict:
+  """PatchUp's ``--fsgm_attack`` / ``--affine_test``, through ``jaxmix.evaluate``."""
+  logits_fn, data, _ = ckpt.restore_for_eval(run_dir)
+  return evaluate_all(
+    logits_fn,
+    data.test.images,
+    data.test.labels,
+    mean=data.mean,
+    std=data.std,
+    fgsm=cfg.fsgm_attack,
+    deformed=cfg.affine_test,
+    corruptions=False,
+  )
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def cli_main(argv: Sequence[str]) -> int:
+  """``jaxmix train``: parse flags, train (or resume), print the test metrics."""
+  args = build_parser().parse_args(list(argv))
+  if args.distributed:
+    jax.distributed.initialize()
+  try:
+    train(config_from_args(args))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"jaxmix train: error: {e}", file=sys.stderr)
+    return 2
+  return 0

@@ -1,0 +1,63 @@
+"""The run configuration is written once: the command line agrees with ``TrainConfig``."""
+
+import dataclasses
+
+import pytest
+
+from jaxmix import training
+from jaxmix.training import config as jconfig
+from jaxmix.training.registry import HPARAM_FLAGS, METHODS
+
+
+def test_parser_defaults_are_the_dataclass_defaults():
+  """``jaxmix train`` with no flag gives exactly ``TrainConfig()`` (help shows the same defaults)."""
+  parsed = jconfig.config_from_args(jconfig.build_parser().parse_args([]))
+  assert parsed == training.TrainConfig()
+
+
+def test_help_shows_each_field_with_its_default():
+  text = jconfig.build_parser().format_help()
+  for field in dataclasses.fields(training.TrainConfig):
+    if not field.metadata["cli"]:
+      continue
+    assert f"--{field.name}" in text, field.name
+  assert "--manualSeed" in text and "(default: 400)" in text  # --epochs
+
+
+@pytest.mark.parametrize(
+  "argv, field, value",
+  [
+    (["--manualSeed", "7"], "seed", 7),
+    (["--epochs", "3"], "epochs", 3),
+    (["--schedule", "1", "2", "3", "--step_factors", "0.1", "0.2", "0.3"], "schedule", (1, 2, 3)),
+    (["--nesterov", "False"], "nesterov", False),
+    (["--flip", "false"], "flip", False),
+    (["--affine_test"], "affine_test", True),
+    (["--model_kwargs", '{"widths": [8, 8, 16, 16]}'], "model_kwargs", {"widths": [8, 8, 16, 16]}),
+    (["--dataset", "svhn"], "dataset", "svhn_cropped"),
+  ],
+)
+def test_flags_set_their_field(argv, field, value):
+  cfg = jconfig.config_from_args(jconfig.build_parser().parse_args(argv))
+  assert getattr(cfg, field) == value
+
+
+def test_method_flags_come_from_the_registry():
+  """Every method's flags set its op keywords; flags of other methods are left out of ``hparams``."""
+  parser = jconfig.build_parser()
+  argv = ["--train", "puzzlemix", "--pm_beta", "0.8", "--transport", "False", "--cutmix_prob", "0.3"]
+  cfg = jconfig.config_from_args(parser.parse_args(argv))
+  assert cfg.hparams == {"beta": 0.8, "transport": False}
+  cfg = jconfig.config_from_args(parser.parse_args(["--train", "cutmix", "--cutmix_prob", "0.3", "--alpha", "0.5"]))
+  assert cfg.hparams == {"prob": 0.3, "alpha": 0.5}
+  for method in METHODS.values():
+    for flag, keyword in method.flags.items():
+      assert flag in HPARAM_FLAGS
+      assert keyword in method.defaults or keyword in ("block_num", "adv_p", "adv_eps"), (method.name, flag)
+
+
+def test_step_config_is_derived_from_the_run_config():
+  cfg = training.TrainConfig(train="cutmix", hparams={"alpha": 0.5}, loss="ce", mix_group_size=4, l2_conv=1e-4)
+  step = jconfig.step_config(cfg, 10, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+  assert dict(step.hparams) == {"alpha": 0.5, "prob": 0.5}
+  assert (step.method, step.loss, step.group_size, step.l2_conv, step.num_classes) == ("cutmix", "ce", 4, 1e-4, 10)
