@@ -19,6 +19,7 @@ from jaxmix.evaluation.protocols import evaluate_all
 from jaxmix.ops import fractals, hook, image_ops, losses
 from jaxmix.ops.compose import maybe_apply, switch
 from jaxmix.ops.core import MixResult, normalize, one_hot
+from jaxmix.ops.debug import checked
 from jaxmix.ops.hidden_ops import dropblock, dropblock_schedule, manifold_mixup, patchup
 from jaxmix.ops.hook import hidden_mix
 from jaxmix.ops.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
@@ -50,6 +51,7 @@ __all__ = (
   "Method",
   "MixResult",
   "bce_on_softmax",
+  "checked",
   "corruptions",
   "cutmix",
   "cutout",

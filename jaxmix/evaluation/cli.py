@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxmix.evaluation.protocols import PGD_PRESETS, evaluate_all, format_summary
-from jaxmix.training import checkpoint
+from jaxmix.training import checkpoint, step
 
 __all__ = ("build_parser", "cli_main", "default_cache_dir")
 
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     help="cache of generated deformed / corrupted sets, shared between runs (default: $JAXMIX_EVAL_CACHE or ~/.cache/jaxmix/eval)",
   )
   p.add_argument("--seed", type=int, default=0, help="seed of the generated sets and of PGD")
+  p.add_argument(
+    "--compilation_cache",
+    default=step.default_compilation_cache(),
+    help="persistent XLA compilation cache directory ('off' to disable; default $JAXMIX_COMPILATION_CACHE or ~/.cache/jaxmix/xla)",
+  )
   return p
 
 
@@ -82,6 +87,7 @@ def cli_main(argv: Sequence[str]) -> int:
   :func:`evaluate_all`, prints a summary and writes the JSON.
   """
   args = build_parser().parse_args(list(argv))
+  step.use_compilation_cache(args.compilation_cache)
   try:
     logits_fn, data, _ = checkpoint.restore_for_eval(args.checkpoint)
     metrics = evaluate_all(

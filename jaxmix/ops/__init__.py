@@ -23,6 +23,7 @@ What each op's official code does, and where jaxmix deviates, is in ``docs/algor
 from jaxmix.ops import compose, core, fractals, hidden_ops, hook, image_ops, input_ops, losses
 from jaxmix.ops.compose import maybe_apply, switch
 from jaxmix.ops.core import MixResult, normalize, one_hot
+from jaxmix.ops.debug import checked
 from jaxmix.ops.hidden_ops import dropblock, dropblock_schedule, manifold_mixup, patchup
 from jaxmix.ops.hook import SITES, apply_mix, hidden_mix
 from jaxmix.ops.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
@@ -35,6 +36,7 @@ __all__ = (
   "MixResult",
   "apply_mix",
   "bce_on_softmax",
+  "checked",
   "compose",
   "core",
   "cutmix",

@@ -42,6 +42,7 @@ def maybe_apply(key, images: Array, labels: Array, *, op: Op, prob: float) -> Mi
     >>> op = functools.partial(jaxmix.cutmix, alpha=1.0)
     >>> res = jaxmix.maybe_apply(key, x, y, op=op, prob=0.5)
   """
+  core.check_key(key)
   core.check_prob("prob", prob)
   key_apply, key_op = jax.random.split(key)
   apply = jax.random.uniform(key_apply) < prob
@@ -74,6 +75,7 @@ def switch(key, images: Array, labels: Array, *, ops: Sequence[Op], probs: Optio
   Raises:
     ValueError: if ``ops`` is empty or ``probs`` does not match it.
   """
+  core.check_key(key)
   if not ops:
     raise ValueError("ops must name at least one op.")
   if probs is None:

@@ -56,14 +56,18 @@ def one_hot(labels: Array, num_classes: int, smoothing: float = 0.0) -> Array:
     ``[B, K]`` float32 targets whose rows sum to 1.
 
   Raises:
-    ValueError: if ``num_classes < 1``, ``smoothing`` is outside ``[0, 1]`` or
-      ``labels`` is not 1-D.
+    ValueError: if ``num_classes < 1``, ``smoothing`` is outside ``[0, 1]``,
+      ``labels`` is not 1-D, or concrete (not traced) labels are outside ``[0, K)``.
   """
   if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
   check_prob("smoothing", smoothing)
   if jnp.ndim(labels) != 1:
     raise ValueError(f"labels must be 1-D integer class indices [B], got shape {jnp.shape(labels)}.")
+  value = _concrete(labels)
+  if value is not None and value.size and (value.min() < 0 or value.max() >= num_classes):
+    bad = value[(value < 0) | (value >= num_classes)]
+    raise ValueError(f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}, got {bad[:5].tolist()!r}.")
   off = smoothing / num_classes
   on = 1.0 - smoothing + off
   hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
@@ -116,6 +120,17 @@ def check_int(name: str, value, low: int, *, allow_none: bool = False) -> None:
   if not is_int(value) or value < low:
     none = " or None" if allow_none else ""
     raise ValueError(f"{name} must be an int >= {low}{none}, got {value!r}.")
+
+
+def check_key(key, name: str = "key") -> None:
+  """Raises TypeError unless ``key`` is a PRNG key (typed, or a raw ``uint32[..., 2]``)."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    return
+  if dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,):
+    return
+  got = type(key).__name__ + ("" if dtype is None else f" of dtype {dtype} and shape {jnp.shape(key)}")
+  raise TypeError(f"{name} must be a PRNG key, e.g. jax.random.key(0) (or a raw uint32[2] jax.random.PRNGKey), got {got}.")
 
 
 def check_nonneg(name: str, value) -> None:

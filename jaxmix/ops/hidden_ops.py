@@ -71,7 +71,16 @@ def patchup_gamma_adj(gamma, height: int, width: int, block_size: int):
   changed fraction: with border clipping the expected changed fraction is 0.636 at
   ``gamma = 0.75`` and 0.491 at 0.5.
   """
-  return gamma * height * width / (block_size**2 * (height - block_size + 1) * (width - block_size + 1))
+  return seed_rate(gamma, height, width, block_size, block_size)
+
+
+def seed_rate(fraction, height: int, width: int, block_height: int, block_width: int):
+  """The Bernoulli rate of block seeds that drops about ``fraction`` of an ``H x W`` map.
+
+  ``fraction * H W / (bh bw (H - bh + 1)(W - bw + 1))``: the DropBlock paper's formula,
+  which PatchUp reuses with ``fraction = gamma``. The one copy of it in the package.
+  """
+  return fraction * height * width / (block_height * block_width * (height - block_height + 1) * (width - block_width + 1))
 
 
 def pair_mix(features: Array, perm: Array, lam: Array) -> Array:
@@ -122,6 +131,7 @@ def manifold_mixup(key, features: Array, labels: Array, *, alpha: float = 2.0, p
   Example:
     >>> res = jaxmix.manifold_mixup(key, h, y, alpha=2.0)
   """
+  core.check_key(key)
   batch = _check_features(features, labels, lam, perm, rank4=False)[0]
   core.check_nonneg("alpha", alpha)
   key_lam, key_perm = jax.random.split(key)
@@ -211,6 +221,7 @@ def patchup(
     >>> res = jaxmix.patchup(key, h, y, mode="hard")
     >>> loss = res.loss_scale * jaxmix.bce_on_softmax(logits, res.labels)
   """
+  core.check_key(key)
   batch, height, width, channels = _check_features(features, labels, lam, perm)
   if mode not in PATCHUP_DEFAULTS:
     raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}.")
@@ -314,6 +325,7 @@ def dropblock(key, features: Array, *, block_size: int = 7, keep_prob=0.9, varia
   Example:
     >>> h = jaxmix.dropblock(key, h, block_size=7, keep_prob=0.9)
   """
+  core.check_key(key)
   shape = core.check_images(features, "features")
   _, height, width, _ = shape
   if core.is_static_number(keep_prob):
@@ -330,7 +342,7 @@ def dropblock(key, features: Array, *, block_size: int = 7, keep_prob=0.9, varia
   if seeds is not None and jnp.shape(seeds) != shape:
     raise ValueError(f"seeds must have the features' shape {shape}, got {jnp.shape(seeds)}.")
   if seeds is None:
-    rate = (1.0 - keep_prob) * height * width / (bh * bw * (height - bh + 1) * (width - bw + 1))
+    rate = seed_rate(1.0 - keep_prob, height, width, bh, bw)
     seeds = jax.random.bernoulli(key, rate, shape)
   seeds = jnp.asarray(seeds, jnp.float32)
   if variant == "paper":

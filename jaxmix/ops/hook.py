@@ -250,6 +250,7 @@ def hidden_mix(key, labels: Array, *, method: str, **hparams) -> tuple[MixFn, Mi
     >>> (logits, carry), upd = model.apply(v, x, train=True, mix=mix_fn, carry=carry,
     ...                                    mutable=["batch_stats"])
   """
+  core.check_key(key)
   if method not in _BUILDERS:
     raise ValueError(f"unknown hidden method {method!r}; known: {', '.join(HIDDEN_METHODS)}.")
   shape = jnp.shape(labels)

@@ -132,6 +132,7 @@ def mixup(
   Example:
     >>> res = jaxmix.mixup(jax.random.key(0), x, jaxmix.one_hot(y, 10))
   """
+  core.check_key(key)
   batch = _check_pair_op(images, labels, lam, perm)[0]
   core.check_nonneg("alpha", alpha)
   core.check_prob("prob", prob)
@@ -232,6 +233,7 @@ def cutmix(
   Example:
     >>> res = jaxmix.cutmix(key, x, y, alpha=1.0, prob=0.5)
   """
+  core.check_key(key)
   batch, height, width, _ = _check_pair_op(images, labels, lam, perm)
   core.check_nonneg("alpha", alpha)
   core.check_prob("prob", prob)
@@ -313,6 +315,7 @@ def cutout(
   Example:
     >>> res = jaxmix.cutout(key, x, y, size=16)
   """
+  core.check_key(key)
   batch, height, width, _ = core.check_images(images)
   core.check_labels(labels, batch)
   core.check_prob("prob", prob)
@@ -352,7 +355,9 @@ def patch_augment(
   Per sample: with probability ``prob`` paste a ``ph x pw`` patch of the partner,
   taken at a random source location, at an independent random destination (hard
   paste, no blending). ``ph, pw ~ U{round(min_dim D) .. round(max_dim D)}``
-  (independent, banker's rounding as Python's ``round``) with ``D = round(sqrt(H W))``;
+  (independent, banker's rounding as Python's ``round``) with ``D = min(H, W)``, the
+  shorter side (the image side of the official square images; so the defaults fit any
+  image of at least 8 pixels a side);
   top-left corners ``~ U{0 .. side - patch - 1}`` (the official exclusive
   ``randint``: the last row / column is never touched). The partner's label weight
   is the patch area fraction ``ph pw / (H W)`` (counted even where the pixels
@@ -393,13 +398,14 @@ def patch_augment(
   Example:
     >>> res = jaxmix.patch_augment(key, x, y, prob=0.9, min_dim=0.3, max_dim=0.8)
   """
+  core.check_key(key)
   batch, height, width, _ = _check_pair_op(images, labels, lam, perm)
   core.check_prob("prob", prob)
   for name, value in (("min_dim", min_dim), ("max_dim", max_dim)):
     core.check_nonneg(name, value)
   if not min_dim <= max_dim:
     raise ValueError(f"min_dim and max_dim must satisfy 0 <= min_dim <= max_dim, got {min_dim!r}, {max_dim!r}.")
-  side = _round_half_even((height * width) ** 0.5)
+  side = min(height, width)
   w_min, w_max = _round_half_even(min_dim * side), _round_half_even(max_dim * side)
   if w_max >= min(height, width):
     raise ValueError(
@@ -449,6 +455,7 @@ def vanilla(key, images: Array, labels: Array) -> MixResult:
   Returns:
     ``MixResult(images, labels, ones, arange)``.
   """
+  core.check_key(key)
   del key
   batch = core.check_images(images)[0]
   core.check_labels(labels, batch)

@@ -224,7 +224,7 @@ def ipmix_from_pictures(
   depth: int = 3,
   beta: float = 3.0,
   severity: float = 3,
-  patch_sizes: Sequence[int] = (4, 8, 16, 32),
+  patch_sizes: Optional[Sequence[int]] = None,
   m=None,
   chain_depth=None,
 ) -> Array:
@@ -242,7 +242,9 @@ def ipmix_from_pictures(
   Raises:
     ValueError: as ``ipmix``, or if ``pictures`` has another shape than ``images``.
   """
+  core.check_key(key)
   batch, height, width, channels = core.check_images(images)
+  patch_sizes = default_patch_sizes(height, width) if patch_sizes is None else patch_sizes
   _check_hparams(k, depth, beta, severity, patch_sizes, height, width)
   if jnp.shape(pictures) != (batch, height, width, channels):
     raise ValueError(f"pictures must have the images' shape {(batch, height, width, channels)}, got {jnp.shape(pictures)}.")
@@ -329,6 +331,15 @@ def mixing_pictures(key, mixing_set, batch: int, height: int, width: int, channe
   return image_ops.from_levels(jax.vmap(crop)(jnp.asarray(mixing_index, jnp.int32), top, left).astype(jnp.float32))
 
 
+DEFAULT_PATCH_SIZES = (4, 8, 16, 32)
+"""The official CIFAR patch sides; ``patch_sizes=None`` takes those that fit the shorter image side."""
+
+
+def default_patch_sizes(height: int, width: int) -> tuple[int, ...]:
+  """The sides of :data:`DEFAULT_PATCH_SIZES` that fit an ``height x width`` image (``(2,)`` below 4 pixels)."""
+  return tuple(p for p in DEFAULT_PATCH_SIZES if p <= min(height, width)) or (2,)
+
+
 def _check_hparams(k, depth, beta, severity, patch_sizes, height: int, width: int) -> None:
   if not isinstance(k, numbers.Integral) or k < 1:
     raise ValueError(f"k must be an int >= 1, got {k!r}.")
@@ -356,7 +367,7 @@ def ipmix(
   depth: int = 3,
   beta: float = 3.0,
   severity: float = 3,
-  patch_sizes: Sequence[int] = (4, 8, 16, 32),
+  patch_sizes: Optional[Sequence[int]] = None,
   mixing_index=None,
   m=None,
   chain_depth=None,
@@ -402,8 +413,9 @@ def ipmix(
     depth: maximum chain depth t (official 3); depths are drawn from ``{0..t}``.
     beta: the add / multiply Beta parameter (official 3; ImageNet 4).
     severity: the image-op severity in ``[0.1, 10]`` (official 3; ImageNet 1).
-    patch_sizes: patch sides, each in ``[2, min(H, W)]`` (official CIFAR
-      ``(4, 8, 16, 32)``).
+    patch_sizes: patch sides, each in ``[2, min(H, W)]``; ``None`` (default) takes
+      those of the official CIFAR ``(4, 8, 16, 32)`` that fit the shorter image side,
+      so the defaults work on any image of at least 4 pixels a side.
     mixing_index: optional ``[B]`` int override of the mixing-picture indices.
     m: optional scalar or ``[B]`` override of the skip weight ``m``.
     chain_depth: optional int, ``[B]`` or ``[B, k]`` override of the chain depths
@@ -421,8 +433,10 @@ def ipmix(
     >>> res = jaxmix.ipmix(jax.random.key(0), x01, jaxmix.one_hot(y, 10))
     >>> x_in = (res.images - 0.5) / 0.5
   """
+  core.check_key(key)
   batch, height, width, channels = core.check_images(images)
   core.check_labels(labels, batch)
+  patch_sizes = default_patch_sizes(height, width) if patch_sizes is None else patch_sizes
   _check_hparams(k, depth, beta, severity, patch_sizes, height, width)
   key_pictures, key_mix = jax.random.split(key)
   pictures = mixing_pictures(key_pictures, mixing_set, batch, height, width, channels, mixing_index=mixing_index)
@@ -442,7 +456,7 @@ def ipmix_views(
   depth: int = 3,
   beta: float = 3.0,
   severity: float = 3,
-  patch_sizes: Sequence[int] = (4, 8, 16, 32),
+  patch_sizes: Optional[Sequence[int]] = None,
   mixing_index=None,
 ) -> Array:
   """Independent IPMix views of a batch that share each sample's mixing picture.
@@ -467,9 +481,11 @@ def ipmix_views(
   Example:
     >>> views = jaxmix.ipmix_views(key, x01)  # [2, B, H, W, C]
   """
+  core.check_key(key)
   batch, height, width, channels = core.check_images(images)
   if not isinstance(n_views, numbers.Integral) or n_views < 1:
     raise ValueError(f"n_views must be an int >= 1, got {n_views!r}.")
+  patch_sizes = default_patch_sizes(height, width) if patch_sizes is None else patch_sizes
   _check_hparams(k, depth, beta, severity, patch_sizes, height, width)
   key_pictures, key_views = jax.random.split(key)
   pictures = mixing_pictures(key_pictures, mixing_set, batch, height, width, channels, mixing_index=mixing_index)

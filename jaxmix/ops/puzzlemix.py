@@ -789,6 +789,7 @@ def puzzlemix(
     >>> sal = jaxmix.saliency(jax.grad(clean_loss)(x))
     >>> res = jaxmix.puzzlemix(key, x, y, sal, mean=MEAN, std=STD)
   """
+  core.check_key(key)
   hp = dict(alpha=alpha, beta=beta, gamma=gamma, eta=eta, neigh_size=neigh_size, n_labels=n_labels, transport=transport)
   hp.update(t_eps=t_eps, t_size=t_size)
   return _puzzlemix(key, images, labels, saliency, block_num=block_num, hp=hp, mean=mean, std=std, lam=lam, perm=perm)
@@ -851,6 +852,7 @@ def puzzlemix_train_batch(
   Example:
     >>> res, aux = jaxmix.puzzlemix_train_batch(key, x, y, grad_fn=g, mean=MEAN, std=STD)
   """
+  core.check_key(key)
   core.check_prob("adv_p", adv_p)
   core.check_nonneg("adv_eps", adv_eps)
   channels = core.check_images(images)[-1]

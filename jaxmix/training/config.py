@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
 from typing import Any, Optional
@@ -23,6 +24,7 @@ import optax
 from jaxmix.evaluation.protocols import spread_indices
 from jaxmix.training import data as jdata
 from jaxmix.training import models
+from jaxmix.training import step as ts
 from jaxmix.training.registry import HPARAM_FLAGS, METHODS, get_method, parse_bool
 from jaxmix.training.step import StepConfig
 
@@ -35,6 +37,7 @@ __all__ = (
   "read_config",
   "resolve_hparams",
   "step_config",
+  "validate",
 )
 
 
@@ -52,6 +55,7 @@ class TrainConfig:
 
   dataset: str = _field("cifar10", "cifar10, cifar100 or svhn (tfds names, or offline with --data_dir)")
   data_dir: Optional[str] = _field(None, "tfds data dir, or a local class-folder directory / zip (e.g. ~/data/cifar10)")
+  download: bool = _field(False, "let tfds download a data set that --data_dir (or the tfds default) does not hold; needs network")
   root_dir: str = _field("experiments", "folder where run directories are created")
   job_id: str = _field("", "name of the run directory (default: derived from dataset/arch/method/seed)")
   labels_per_class: Optional[int] = _field(None, "training examples per class (default: all)")
@@ -152,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
       names = (*field.metadata["flags"], f"--{field.name}")
       groups[field.metadata["group"]].add_argument(*names, **_field_kwargs(field, hints[field.name]))
   p.add_argument(
+    "--compilation_cache",
+    default=ts.default_compilation_cache(),
+    help="persistent XLA compilation cache directory ('off' to disable; default $JAXMIX_COMPILATION_CACHE or ~/.cache/jaxmix/xla)",
+  )
+  p.add_argument(
     "--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first (each host reads its slice)"
   )
   users = {flag: sorted(m.name for m in METHODS.values() if flag in m.flags) for flag in HPARAM_FLAGS}
@@ -191,6 +200,65 @@ def read_config(path: str) -> TrainConfig:
       raise ValueError(f"{path} is not valid JSON ({e}); it is not a readable jaxmix run configuration.") from None
   fields = {f.name for f in dataclasses.fields(TrainConfig)}
   return TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in fields})
+
+
+def _fail(flag: str, value, what: str):
+  raise ValueError(f"--{flag} must be {what}, got {value!r}.")
+
+
+def _int_at_least(cfg: TrainConfig, name: str, low: int) -> None:
+  value = getattr(cfg, name)
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    _fail(name, value, f"an integer >= {low}")
+
+
+def _finite(cfg: TrainConfig, name: str, *, low: float = 0.0, positive: bool = False, high: float = math.inf) -> None:
+  value = getattr(cfg, name)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    _fail(name, value, "a finite number")
+  if value < low or (positive and value <= low) or value > high:
+    _fail(name, value, f"{'>' if positive else '>='} {low}" + (f" and <= {high}" if high < math.inf else ""))
+
+
+def validate(cfg: TrainConfig) -> None:
+  """Checks every setting of ``cfg`` before any file is written or any data is read.
+
+  Raises:
+    ValueError: naming the flag and what it must be.
+  """
+  for name in ("epochs", "batch_size", "eval_batch_size", "print_freq", "keep_checkpoints"):
+    _int_at_least(cfg, name, 1)
+  for name in ("valid_labels_per_class", "crop_padding", "num_devices", "mix_group_size", "save_every_steps"):
+    _int_at_least(cfg, name, 0)
+  for name in ("max_steps_per_epoch", "max_eval_examples"):
+    _int_at_least(cfg, name, 0)
+  if cfg.labels_per_class is not None:
+    _int_at_least(cfg, "labels_per_class", 1)
+  _finite(cfg, "learning_rate", positive=True)
+  _finite(cfg, "momentum", high=1.0)
+  _finite(cfg, "decay")
+  _finite(cfg, "l2_conv")
+  _finite(cfg, "label_smoothing", high=1.0)
+  _finite(cfg, "clean_lam")
+  get_method(cfg.train)
+  for name, value, choices in (
+    ("arch", cfg.arch, models.ARCHS),
+    ("loss", cfg.loss, ("bce", "ce")),
+    ("optimizer", cfg.optimizer, ("sgd", "adam")),
+    ("lr_schedule", cfg.lr_schedule, ("step", "cosine")),
+  ):
+    if value not in choices:
+      _fail(name, value, f"one of {', '.join(choices)}")
+  if len(cfg.schedule) != len(cfg.step_factors):
+    raise ValueError(f"--schedule {list(cfg.schedule)} and --step_factors {list(cfg.step_factors)} must have the same length.")
+  if not isinstance(cfg.model_kwargs, dict):
+    _fail("model_kwargs", cfg.model_kwargs, "a JSON object of the model's fields, e.g. '{\"widths\": [16, 32, 64, 128]}'")
+  fields = models.model_fields(cfg.arch)
+  unknown = sorted(set(cfg.model_kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"--model_kwargs: {cfg.arch} has no field(s) {unknown}; its fields are {sorted(fields)}.")
+  if cfg.jsd and not get_method(cfg.train).pixel_space:
+    raise ValueError("--jsd needs a pixel-space label-preserving method (ipmix).")
 
 
 # ----------------------------------------------------------------------------
@@ -248,7 +316,12 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
 def load_data(cfg: TrainConfig) -> Any:
   """``jaxmix.data.load`` for the config, with eval splits cut to ``max_eval_examples``."""
   data = jdata.load(
-    cfg.dataset, cfg.data_dir, labels_per_class=cfg.labels_per_class, valid_labels_per_class=cfg.valid_labels_per_class, seed=cfg.seed
+    cfg.dataset,
+    cfg.data_dir,
+    labels_per_class=cfg.labels_per_class,
+    valid_labels_per_class=cfg.valid_labels_per_class,
+    seed=cfg.seed,
+    download=cfg.download,
   )
   n = cfg.max_eval_examples
   if n:

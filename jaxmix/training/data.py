@@ -99,6 +99,11 @@ _DATASETS = {
   "svhn_cropped": _Spec(10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 _ALIASES = {"svhn": "svhn_cropped"}
+# Class names of the known data sets, to catch a folder of one passed as another.
+_CLASS_NAMES = {
+  "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+  "svhn_cropped": tuple(str(d) for d in range(10)),
+}
 
 
 # ----------------------------------------------------------------------------
@@ -172,6 +177,7 @@ def load(
   labels_per_class: Optional[int] = None,
   valid_labels_per_class: int = 0,
   seed: int = 0,
+  download: bool = False,
 ) -> Datasets:
   """Loads a dataset into host memory, with PatchUp's class-balanced subsets.
 
@@ -198,6 +204,8 @@ def load(
     labels_per_class: training examples per class, or ``None`` for all.
     valid_labels_per_class: validation examples per class (0: no validation split).
     seed: seed of the subset selection.
+    download: let tfds download a data set that ``data_dir`` (or the tfds default
+      directory) does not hold; otherwise that is an immediate ``FileNotFoundError``.
 
   Returns:
     A ``Datasets`` with uint8 ``[N, H, W, C]`` images and int32 labels.
@@ -228,9 +236,12 @@ def load(
       raise ValueError(f"{data_dir!r}: train classes {train_classes} differ from test classes {test_classes}.")
     if len(train_classes) != spec.num_classes:
       raise ValueError(f"{data_dir!r} holds {len(train_classes)} class folders, but {name} has {spec.num_classes} classes.")
+    for other, names in _CLASS_NAMES.items():
+      if other != name and tuple(train_classes) == names:
+        raise ValueError(f"{data_dir!r} holds the classes of {other} ({', '.join(names[:3])}, ...), not of {name}; pass --dataset {other}.")
     class_names = train_classes
   else:
-    train, test, class_names = _load_tfds(name, data_dir)
+    train, test, class_names = _load_tfds(name, data_dir, download)
 
   valid = None
   if labels_per_class is not None or valid_labels_per_class > 0:
@@ -436,12 +447,18 @@ def _decode(blobs: list[bytes], members: list[str], source: str) -> np.ndarray:
   raise ValueError(f"cannot decode the images of {source!r}.")
 
 
-def _load_tfds(name: str, data_dir: Optional[str]):
+def _load_tfds(name: str, data_dir: Optional[str], download: bool):
   tf = _tf()
   import tensorflow_datasets as tfds
 
+  if not download and not tfds.builder(name, data_dir=data_dir).is_prepared():
+    where = repr(data_dir) if data_dir else "the tfds default directory (~/tensorflow_datasets)"
+    raise FileNotFoundError(
+      f"{where} holds neither class folders (train/ and test/, or train.zip and test.zip) nor a prepared tfds {name!r}. "
+      "Point --data_dir at a class-folder directory or zip, or pass --download to let tfds download it (needs network)."
+    )
   try:
-    (train, test), info = tfds.load(name, split=list(_SPLITS), data_dir=data_dir, as_supervised=True, with_info=True)
+    (train, test), info = tfds.load(name, split=list(_SPLITS), data_dir=data_dir, as_supervised=True, with_info=True, download=download)
   except Exception as e:
     if hasattr(e, "add_note"):
       e.add_note(f"jaxmix: tfds.load({name!r}, data_dir={data_dir!r}) failed; offline, pass a class-folder dir or zip as data_dir.")

@@ -35,8 +35,8 @@ from jaxmix.training.config import (
   make_optimizer,
   resolve_hparams,
   step_config,
+  validate,
 )
-from jaxmix.training.registry import get_method
 
 __all__ = ("TrainConfig", "cli_main", "evaluate", "train")
 
@@ -90,28 +90,26 @@ class _Progress:
 def train(cfg: TrainConfig) -> dict:
   """Trains (or resumes, or returns the finished) run described by ``cfg``.
 
+  Every setting, the data and the device count are checked before the run directory
+  is created; a kill at any instant leaves a run that the same call resumes; no state
+  with a non-finite loss or parameter is ever saved.
+
   Returns:
     The summary dict (also written to ``<run_dir>/summary.json``): test metrics of
     the best-validation (or last) checkpoint, the run's timing and its config.
 
   Raises:
-    ValueError: on unknown method / arch / dataset, a bad data path, a run directory
-      holding a different run, or a NaN loss (the last good checkpoint is kept).
+    ValueError: on a bad setting, a bad data path, a run directory holding a
+      different run, or a non-finite loss (the message names the last finite
+      checkpoint, from which a resume restarts).
+    FileNotFoundError: on a missing data set.
   """
-  get_method(cfg.train)
-  if cfg.arch not in models.ARCHS:
-    raise ValueError(f"unknown --arch {cfg.arch!r}; known architectures: {', '.join(models.ARCHS)}.")
-  if cfg.jsd and not get_method(cfg.train).pixel_space:
-    raise ValueError("--jsd needs a pixel-space label-preserving method (ipmix).")
+  validate(cfg)
   run_dir = cfg.run_dir()
   finished = ckpt.check_run_dir(cfg, run_dir)
   if finished is not None:
     print(f"jaxmix train: {run_dir} already holds a finished run; not overwriting it. Test: {finished.get('test')}")
     return finished
-  os.makedirs(run_dir, exist_ok=True)
-  with open(os.path.join(run_dir, "config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=2)
-
   data = load_data(cfg)
   mesh = ts.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
@@ -134,12 +132,16 @@ def train(cfg: TrainConfig) -> dict:
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
   eval_bs = max(n_dev, cfg.eval_batch_size - cfg.eval_batch_size % n_dev)
 
+  os.makedirs(run_dir, exist_ok=True)  # every check passed: only now is anything written
+  _write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
   manager = ckpt.checkpoint_manager(os.path.join(run_dir, "checkpoints"), cfg.keep_checkpoints)
   best_manager = ckpt.checkpoint_manager(os.path.join(run_dir, "best"), 1)
   meta = {"best_valid_top1": -1.0, "best_epoch": -1, "train_seconds": 0.0}
-  if manager.latest_step() is not None:
-    state, meta = ckpt.restore(manager, state)
+  if manager.all_steps():
+    state, meta, _ = ckpt.restore(manager, state, set_aside=True)
     print(f"jaxmix train: resumed {run_dir} at step {int(state.step)}")
+    if meta["best_epoch"] >= 0 and (meta["best_epoch"] + 1) * spe == int(state.step):
+      ckpt.save(best_manager, state, meta)  # a kill between the two saves of the best epoch
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.device_put(state, replicated)
   base_key = np.array(jax.device_get(state.rng))  # a copy: the state is donated
@@ -183,21 +185,16 @@ def train(cfg: TrainConfig) -> dict:
       timed += 1
       if (i + 1) % cfg.print_freq == 0 or i + 1 == spe:
         host = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-        if not math.isfinite(host["loss"]):
-          progress.close()
-          raise ValueError(
-            f"NaN/inf loss at epoch {epoch}, step {int(state.step)}; stopped. The last good checkpoint in {run_dir} is kept."
-          )
+        _stop_unless_finite(host["loss"], state, manager, epoch, progress)
         progress.update(i + 1, (i + 1 - first) * cfg.batch_size, host)
       if cfg.save_every_steps and int(state.step) % cfg.save_every_steps == 0 and i + 1 < spe:
         partial = {k: float(v) for k, v in jax.device_get(sums).items()}
-        ckpt.save(
-          manager,
-          state,
-          {**meta, "train_seconds": meta["train_seconds"] + time.perf_counter() - t_run, "epoch_sums": partial, "epoch_count": count},
-        )
+        _stop_unless_finite(partial["loss"], state, manager, epoch, progress)
+        seconds = meta["train_seconds"] + time.perf_counter() - t_run
+        ckpt.save(manager, state, {**meta, "train_seconds": seconds, "epoch_sums": partial, "epoch_count": count})
     progress.close()
     train_metrics = {k: float(v) / max(count, 1) for k, v in jax.device_get(sums).items()} if sums else {}
+    _stop_unless_finite(train_metrics.get("loss", 0.0), state, manager, epoch, progress)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     record = {"epoch": epoch, "step": int(state.step), "train": train_metrics, "epoch_seconds": time.perf_counter() - t_epoch}
     if data.valid is not None:
@@ -206,12 +203,12 @@ def train(cfg: TrainConfig) -> dict:
     record["img_per_s"] = timed * cfg.batch_size / max(record["epoch_seconds"], 1e-9)
     meta["train_seconds"] += time.perf_counter() - t_run
     t_run = time.perf_counter()
-    score = record["valid"]["top1"] if "valid" in record else record["test"]["top1"]
-    is_best = data.valid is not None and score > meta["best_valid_top1"]
+    is_best = data.valid is not None and record["valid"]["top1"] > meta["best_valid_top1"]
     if is_best:
-      meta.update(best_valid_top1=score, best_epoch=epoch)
+      meta.update(best_valid_top1=record["valid"]["top1"], best_epoch=epoch)
+    ckpt.save(manager, state, meta)  # the periodic checkpoint first: resume needs it
+    if is_best:
       ckpt.save(best_manager, state, meta)
-    ckpt.save(manager, state, meta)
     with open(log_path, "a") as f:
       f.write(json.dumps(record) + "\n")
     print(
@@ -220,14 +217,46 @@ def train(cfg: TrainConfig) -> dict:
       + f"  test top1 {record['test']['top1']:.2f}  ({record['epoch_seconds']:.1f}s, {record['img_per_s']:.0f} img/s)"
     )
 
-  return _finish(cfg, run_dir, manager, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated)
+  return _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated)
 
 
-def _finish(cfg, run_dir, manager, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated) -> dict:
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _stop_unless_finite(loss: float, state, manager, epoch: int, progress) -> None:
+  """Raises (before anything is saved) if the loss or a parameter is NaN/inf."""
+  if math.isfinite(loss) and bool(_all_finite(state.params)):
+    return
+  progress.close()
+  last = manager.latest_step()
+  where = (
+    f"the last finite checkpoint is {os.path.join(os.fspath(manager.directory), str(last))} (step {last}); "
+    "running the same command resumes from it"
+    if last is not None
+    else "no checkpoint was saved yet"
+  )
+  what = "loss" if not math.isfinite(loss) else "parameters"
+  raise ValueError(
+    f"NaN/inf {what} at epoch {epoch}, step {int(state.step)}; stopped without saving it ({where}). "
+    "Lower --learning_rate or check the data."
+  )
+
+
+def _write_json(path: str, value) -> None:
+  """Writes JSON through a temporary file, so a kill never leaves half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated) -> dict:
   """Tests the best-validation (else the last) checkpoint and writes summary.json."""
   chosen = "last"
-  if best_manager.latest_step() is not None:
-    state, _ = ckpt.restore(best_manager, state)
+  if best_manager.all_steps():
+    state, _, _ = ckpt.restore(best_manager, state)
     state = jax.device_put(state, replicated)
     chosen = f"best valid (epoch {meta['best_epoch']})"
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -244,8 +273,7 @@ def _finish(cfg, run_dir, manager, best_manager, state, meta, eval_step, data, e
   }
   if cfg.fsgm_attack or cfg.affine_test:
     summary["robustness"] = _robustness(cfg, run_dir)
-  with open(os.path.join(run_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2, default=str)
+  _write_json(os.path.join(run_dir, "summary.json"), summary)
   print(f"jaxmix train: done. Test ({chosen}): top1 {summary['test']['top1']:.2f}%  top5 {summary['test']['top5']:.2f}%")
   return summary
 
@@ -272,6 +300,7 @@ def _robustness(cfg: TrainConfig, run_dir: str) -> dict:
 def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix train``: parse flags, train (or resume), print the test metrics."""
   args = build_parser().parse_args(list(argv))
+  ts.use_compilation_cache(args.compilation_cache)
   if args.distributed:
     jax.distributed.initialize()
   try:

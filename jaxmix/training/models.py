@@ -26,6 +26,7 @@ biases start at zero (PyTorch draws them from ``U(+-1/sqrt(fan_in))``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Optional, Sequence
@@ -45,6 +46,7 @@ __all__ = (
   "WideResNet",
   "count_params",
   "get_model",
+  "model_fields",
 )
 
 _torch_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -383,6 +385,15 @@ def get_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
   return _ARCHS[arch](num_classes=num_classes, **kwargs)
+
+
+def model_fields(arch: str) -> tuple[str, ...]:
+  """The fields of model ``arch`` that ``get_model(arch, K, **kwargs)`` accepts as ``kwargs``."""
+  if arch not in _ARCHS:
+    raise ValueError(f"unknown arch {arch!r}; known archs: {', '.join(ARCHS)}.")
+  builder = _ARCHS[arch]
+  cls = builder.func if isinstance(builder, functools.partial) else builder
+  return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name", "num_classes"))
 
 
 def count_params(model: nn.Module, input_shape: Sequence[int] = (1, 32, 32, 3)) -> int:

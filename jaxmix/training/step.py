@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Optional
 
 import jax
@@ -30,6 +31,29 @@ from jaxmix.ops.puzzlemix import puzzlemix_train_batch
 from jaxmix.training.registry import get_method
 
 AXIS = "data"
+
+
+def default_compilation_cache() -> str:
+  """``$JAXMIX_COMPILATION_CACHE``, else ``$JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/jaxmix/xla``."""
+  env = os.environ.get("JAXMIX_COMPILATION_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  return env or os.path.join(os.path.expanduser("~"), ".cache", "jaxmix", "xla")
+
+
+def use_compilation_cache(path: Optional[str]) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache in ``path`` (``None``, ``""`` or ``"off"``: leave it off).
+
+  ``jaxmix train`` and ``jaxmix eval`` call it with ``--compilation_cache`` (default
+  :func:`default_compilation_cache`), so the second run of a
+  configuration loads its compiled steps instead of compiling them again. Returns the
+  directory in use.
+  """
+  if not path or path == "off":
+    return None
+  path = os.path.expanduser(path)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
