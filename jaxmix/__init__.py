@@ -24,7 +24,8 @@ from jaxmix.ops.hidden_ops import dropblock, dropblock_schedule, manifold_mixup,
 from jaxmix.ops.hook import hidden_mix
 from jaxmix.ops.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
 from jaxmix.ops.ipmix import ipmix, ipmix_views, jsd_loss
-from jaxmix.ops.losses import bce_on_softmax, softmax_cross_entropy
+from jaxmix.ops.losses import bce_on_softmax, sigmoid_bce, softmax_cross_entropy
+from jaxmix.ops.mixup_cutmix import mixup_cutmix
 from jaxmix.ops.puzzlemix import puzzlemix, puzzlemix_train_batch, saliency
 from jaxmix.training import data, models
 from jaxmix.training.registry import METHODS, Method, get_method
@@ -75,6 +76,7 @@ __all__ = (
   "manifold_mixup",
   "maybe_apply",
   "mixup",
+  "mixup_cutmix",
   "models",
   "normalize",
   "one_hot",
@@ -85,6 +87,7 @@ __all__ = (
   "puzzlemix_train_batch",
   "rms_calibration_error",
   "saliency",
+  "sigmoid_bce",
   "softmax_cross_entropy",
   "switch",
   "training",

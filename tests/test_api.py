@@ -24,6 +24,8 @@ NON_OPS = frozenset(
     "get_method",
     "bce_on_softmax",
     "softmax_cross_entropy",
+    "sigmoid_bce",
+    "checked",
     "jsd_loss",
     "dropblock_schedule",
     "evaluate_all",

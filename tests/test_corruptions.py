@@ -177,17 +177,40 @@ def _imagemagick():
   return None
 
 
+_MOTION_CASES = ((6, 1, 20.0), (9, 2.5, -40.0), (12, 6, -100.0), (14, 12, -135.0))
+_IMAGEMAGICK_REFERENCE = os.path.join(os.path.dirname(__file__), "data", "imagemagick_motion_blur.npz")
+
+
+def _motion_inputs(cifar):
+  grey = (np.arange(32 * 32).reshape(32, 32, 1) * 7 % 256).astype(np.uint8)
+  return [cifar[0], cifar[1], grey, cifar[2]]
+
+
+def _imagemagick_motion_blur(exe, img, radius, sigma, angle, tmp_path):
+  mode = "RGB" if img.shape[-1] == 3 else "L"
+  Image.fromarray(img if mode == "RGB" else img[..., 0], mode).save(tmp_path / "in.png")
+  subprocess.run([exe, str(tmp_path / "in.png"), "-motion-blur", f"{radius}x{sigma}+{angle}", str(tmp_path / "out.png")], check=True)
+  return np.asarray(Image.open(tmp_path / "out.png").convert(mode)).reshape(img.shape)
+
+
+def test_motion_blur_equals_imagemagick_reference_outputs():
+  """Against ImageMagick 6's ``-motion-blur`` outputs committed with their inputs (runs everywhere)."""
+  with np.load(_IMAGEMAGICK_REFERENCE) as ref:
+    for i, (radius, sigma, angle) in enumerate(_MOTION_CASES):
+      img, expected = ref[f"input_{i}"], ref[f"output_{i}"]
+      np.testing.assert_array_equal(jc._motion_blur_uint8(img[None], radius, sigma, np.array([angle]))[0], expected)
+
+
 @pytest.mark.skipif(_imagemagick() is None, reason="ImageMagick is not installed")
 def test_motion_blur_equals_imagemagick(cifar, tmp_path):
+  """Against a live ImageMagick, where one is installed (and keeps the committed references honest)."""
   exe = _imagemagick()
-  grey = (np.arange(32 * 32).reshape(32, 32, 1) * 7 % 256).astype(np.uint8)
-  cases = [(cifar[0], 6, 1, 20.0), (cifar[1], 9, 2.5, -40.0), (grey, 12, 6, -100.0), (cifar[2], 14, 12, -135.0)]
-  for img, radius, sigma, angle in cases:
-    mode = "RGB" if img.shape[-1] == 3 else "L"
-    Image.fromarray(img if mode == "RGB" else img[..., 0], mode).save(tmp_path / "in.png")
-    subprocess.run([exe, str(tmp_path / "in.png"), "-motion-blur", f"{radius}x{sigma}+{angle}", str(tmp_path / "out.png")], check=True)
-    ref = np.asarray(Image.open(tmp_path / "out.png").convert(mode)).reshape(img.shape)
-    np.testing.assert_array_equal(jc._motion_blur_uint8(img[None], radius, sigma, np.array([angle]))[0], ref)
+  with np.load(_IMAGEMAGICK_REFERENCE) as committed:
+    for i, (img, (radius, sigma, angle)) in enumerate(zip(_motion_inputs(cifar), _MOTION_CASES, strict=True)):
+      ref = _imagemagick_motion_blur(exe, img, radius, sigma, angle, tmp_path)
+      np.testing.assert_array_equal(jc._motion_blur_uint8(img[None], radius, sigma, np.array([angle]))[0], ref)
+      np.testing.assert_array_equal(committed[f"input_{i}"], img)
+      np.testing.assert_array_equal(committed[f"output_{i}"], ref)
 
 
 def test_opencv_warp_emulation_and_affine_solve(cifar):

@@ -336,7 +336,7 @@ def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
   data = types.SimpleNamespace(test=types.SimpleNamespace(images=images, labels=labels), mean=MEAN, std=STD, num_classes=K)
   seen = {}
 
-  def fake_restore(run_dir):
+  def fake_restore(run_dir, ema=False):
     seen["run_dir"] = run_dir
     return linear_logits, data, None
 

@@ -328,3 +328,36 @@ def test_checked_mode_turns_traced_out_of_range_lam_and_perm_into_errors():
   err, _ = mix(jax.random.key(0), x, y, perm=np.array([0, 1, 2, 9]))
   with pytest.raises(Exception, match="perm values must lie in"):
     err.throw()
+
+
+@pytest.mark.slow
+def test_ema_weights_are_checkpointed_resumed_and_evaluated(tmp_path):
+  cfg = _cfg(tmp_path, "ema", ema_decay=0.5, epochs=1)
+  summary = training.train(cfg)
+  assert set(summary["test_ema"]) == set(summary["test"])
+  records = [json.loads(line) for line in open(os.path.join(cfg.run_dir(), "metrics.jsonl"))]
+  assert "test_ema" in records[0] and "valid_ema" in records[0]
+  raw_fn, data, _ = training.restore_for_eval(cfg.run_dir())
+  ema_fn, _, _ = training.restore_for_eval(cfg.run_dir(), ema=True)
+  x = jaxmix.normalize(data.test.images[:4], data.mean, data.std)
+  assert not np.allclose(raw_fn(x), ema_fn(x))
+  os.remove(os.path.join(cfg.run_dir(), "summary.json"))
+  again = training.train(cfg)  # restores a state with an EMA in it
+  assert again["test_ema"] == summary["test_ema"]
+
+
+@pytest.mark.slow
+def test_tensorboard_events_are_exact_across_a_kill_and_resume(tmp_path):
+  from jaxmix.training.tensorboard import read_scalars
+
+  cfg = _cfg(tmp_path, "tb", tensorboard=True)
+  training.train(cfg)
+  ref = {(tag, step): value for tag, step, value in read_scalars(cfg.run_dir())}
+  assert {"train/loss", "train/accuracy", "train/learning_rate", "valid/top1", "test/top1"} <= {t for t, _ in ref}
+  assert ("test/top1", 6) in ref and ("train/loss", 1) in ref
+  _half_written_log_line(cfg.run_dir())  # the last epoch's checkpoint gone after its events were written
+  training.train(cfg)
+  again = read_scalars(cfg.run_dir())
+  pairs = [(tag, step) for tag, step, _ in again]
+  assert len(pairs) == len(set(pairs)), "a step was logged twice"
+  assert {(tag, step): value for tag, step, value in again} == ref

@@ -251,6 +251,7 @@ TRAIN_ARGS = [
 
 def _env():
   env = dict(os.environ)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # `jaxmix train` must quiet TensorFlow by itself
   env.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
   env.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
@@ -277,6 +278,7 @@ def test_cli_kill_and_resume_is_bit_identical(tmp_path):
   full = subprocess.run(_cli(tmp_path, "full"), capture_output=True, text=True, env=_env(), timeout=600)
   assert full.returncode == 0, full.stderr[-3000:]
   assert "Test" in full.stdout
+  assert "oneDNN" not in full.stderr and "tensorflow/core" not in full.stderr  # a quiet start
   summary = json.load(open(tmp_path / "full" / "summary.json"))
   assert 0.0 <= summary["test"]["top1"] <= 100.0
 

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="cache of generated deformed / corrupted sets, shared between runs (default: $JAXMIX_EVAL_CACHE or ~/.cache/jaxmix/eval)",
   )
   p.add_argument("--seed", type=int, default=0, help="seed of the generated sets and of PGD")
+  p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a run trained with --ema_decay")
   p.add_argument(
     "--compilation_cache",
     default=step.default_compilation_cache(),
@@ -89,7 +90,7 @@ def cli_main(argv: Sequence[str]) -> int:
   args = build_parser().parse_args(list(argv))
   step.use_compilation_cache(args.compilation_cache)
   try:
-    logits_fn, data, _ = checkpoint.restore_for_eval(args.checkpoint)
+    logits_fn, data, _ = checkpoint.restore_for_eval(args.checkpoint, ema=args.ema)
     metrics = evaluate_all(
       logits_fn,
       np.asarray(data.test.images),
@@ -114,6 +115,7 @@ def cli_main(argv: Sequence[str]) -> int:
     print(f"jaxmix eval: error: {e}", file=sys.stderr)
     return 1
   metrics["checkpoint"] = os.path.abspath(args.checkpoint)
+  metrics["weights"] = "ema" if args.ema else "raw"
   out = args.out or os.path.join(args.checkpoint, "eval_metrics.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:

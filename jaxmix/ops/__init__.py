@@ -28,7 +28,8 @@ from jaxmix.ops.hidden_ops import dropblock, dropblock_schedule, manifold_mixup,
 from jaxmix.ops.hook import SITES, apply_mix, hidden_mix
 from jaxmix.ops.input_ops import cutmix, cutout, mixup, patch_augment, vanilla
 from jaxmix.ops.ipmix import ipmix, ipmix_views, jsd_loss
-from jaxmix.ops.losses import bce_on_softmax, softmax_cross_entropy
+from jaxmix.ops.losses import bce_on_softmax, sigmoid_bce, softmax_cross_entropy
+from jaxmix.ops.mixup_cutmix import mixup_cutmix
 from jaxmix.ops.puzzlemix import puzzlemix, puzzlemix_train_batch, saliency
 
 __all__ = (
@@ -56,6 +57,7 @@ __all__ = (
   "manifold_mixup",
   "maybe_apply",
   "mixup",
+  "mixup_cutmix",
   "normalize",
   "one_hot",
   "patch_augment",
@@ -63,6 +65,7 @@ __all__ = (
   "puzzlemix",
   "puzzlemix_train_batch",
   "saliency",
+  "sigmoid_bce",
   "softmax_cross_entropy",
   "switch",
   "vanilla",

@@ -64,7 +64,7 @@ def one_hot(labels: Array, num_classes: int, smoothing: float = 0.0) -> Array:
   check_prob("smoothing", smoothing)
   if jnp.ndim(labels) != 1:
     raise ValueError(f"labels must be 1-D integer class indices [B], got shape {jnp.shape(labels)}.")
-  value = _concrete(labels)
+  value = concrete_value(labels)
   if value is not None and value.size and (value.min() < 0 or value.max() >= num_classes):
     bad = value[(value < 0) | (value >= num_classes)]
     raise ValueError(f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}, got {bad[:5].tolist()!r}.")
@@ -169,7 +169,7 @@ def check_labels(labels, batch: int) -> int:
   return int(shape[1])
 
 
-def _concrete(x):
+def concrete_value(x):
   """``x`` as a numpy array if its value is known in Python, else ``None`` (traced)."""
   if isinstance(x, jax.core.Tracer):
     return None
@@ -189,7 +189,7 @@ def check_lam_perm(lam, perm, batch: int) -> None:
     shape = jnp.shape(lam)
     if shape not in ((), (batch,)):
       raise ValueError(f"lam must be a scalar or have shape ({batch},), got shape {shape}.")
-    value = _concrete(lam)
+    value = concrete_value(lam)
     if value is not None and not (np.all(value >= 0.0) and np.all(value <= 1.0)):
       raise ValueError(f"lam must lie in [0, 1], got {value.tolist()!r}.")
   if perm is not None:
@@ -198,7 +198,7 @@ def check_lam_perm(lam, perm, batch: int) -> None:
       raise ValueError(f"perm must have shape ({batch},), got shape {shape}.")
     if not jnp.issubdtype(jnp.result_type(perm), jnp.integer):
       raise ValueError(f"perm must be an integer array, got dtype {jnp.result_type(perm)}.")
-    value = _concrete(perm)
+    value = concrete_value(perm)
     if value is not None and not (np.all(value >= 0) and np.all(value < batch)):
       raise ValueError(f"perm values must lie in [0, {batch - 1}] (partner indices), got {value.tolist()!r}.")
 

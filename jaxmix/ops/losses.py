@@ -78,3 +78,27 @@ def bce_on_softmax(logits: Array, targets: Array) -> Array:
   log_q = jnp.where(positive, jnp.log(jnp.where(positive, one_minus, 1.0)), _LOG_FLOOR)
   log_q = jnp.maximum(log_q, _LOG_FLOOR)
   return -jnp.mean(t * log_p + (1.0 - t) * log_q)
+
+
+def sigmoid_bce(logits: Array, targets: Array) -> Array:
+  """Binary cross-entropy on sigmoid outputs, one binary problem per class.
+
+  timm's ``--bce-loss`` (``BinaryCrossEntropy``, ``binary_cross_entropy_with_logits``
+  with the mean over batch and classes): ``-mean_{b,k}(t log s(z) + (1 - t) log s(-z))``
+  with ``s`` the sigmoid. big_vision's ``sigmoid_xent`` sums over classes instead of
+  averaging, so it is ``K`` times this value (and gradient).
+
+  Args:
+    logits: ``[B, K]`` logits.
+    targets: ``[B, K]`` soft targets (mixed labels).
+
+  Returns:
+    Scalar float32 loss.
+
+  Example:
+    >>> loss = jaxmix.sigmoid_bce(logits, res.labels)
+  """
+  _check(logits, targets)
+  z = jnp.asarray(logits, jnp.float32)
+  t = jnp.asarray(targets, jnp.float32)
+  return -jnp.mean(t * jax.nn.log_sigmoid(z) + (1.0 - t) * jax.nn.log_sigmoid(-z))

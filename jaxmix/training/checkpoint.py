@@ -38,8 +38,8 @@ __all__ = (
   "truncate_log",
 )
 
-STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
-"""The ``TrainState`` fields a checkpoint holds."""
+STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "ema")
+"""The ``TrainState`` fields a checkpoint holds (``ema`` only when the run keeps one)."""
 
 
 def checkpoint_manager(path: str, keep: int) -> ocp.CheckpointManager:
@@ -50,7 +50,7 @@ def checkpoint_manager(path: str, keep: int) -> ocp.CheckpointManager:
 
 def _to_host(state) -> dict:
   """The checkpointed part of a ``TrainState`` as a dict of host arrays."""
-  return jax.tree.map(np.asarray, {f: getattr(state, f) for f in STATE_FIELDS})
+  return jax.tree.map(np.asarray, {f: getattr(state, f) for f in STATE_FIELDS if getattr(state, f) is not None})
 
 
 def _manifest_path(manager: ocp.CheckpointManager, step: int) -> str:
@@ -195,12 +195,13 @@ def truncate_log(path: str, start_epoch: int) -> None:
         f.write(json.dumps(r) + "\n")
 
 
-def restore_for_eval(run_dir: str):
+def restore_for_eval(run_dir: str, *, ema: bool = False):
   """Restores a run for evaluation.
 
   Args:
     run_dir: a directory written by ``jaxmix train`` (with ``config.json`` and
       ``checkpoints/`` or ``best/``).
+    ema: evaluate the EMA weights (runs with ``--ema_decay``) instead of the raw ones.
 
   Returns:
     ``(logits_fn, datasets, config)``: ``logits_fn(images_normalised [B, H, W, C]) ->
@@ -217,7 +218,10 @@ def restore_for_eval(run_dir: str):
   cfg = read_config(cfg_path)
   data = load_data(cfg)
   model = models.get_model(cfg.arch, data.num_classes, **cfg.model_kwargs)
-  template = ts.init_state(model, make_optimizer(cfg, 1), jax.random.key(0), data.train.images.shape[1:], seed_key=jax.random.key(0))
+  if ema and not cfg.ema_decay:
+    raise ValueError(f"{run_dir} was trained without --ema_decay; it has no EMA weights.")
+  key = jax.random.key(0)
+  template = ts.init_state(model, make_optimizer(cfg, 1), key, data.train.images.shape[1:], seed_key=key, ema=cfg.ema_decay > 0)
   problems = []
   for sub in ("best", "checkpoints"):
     path = os.path.join(run_dir, sub)
@@ -229,7 +233,8 @@ def restore_for_eval(run_dir: str):
         problems.append(str(e))
   else:
     raise FileNotFoundError(f"{run_dir} holds no intact checkpoint (looked in best/ and checkpoints/). " + " ".join(problems))
-  variables = jax.tree.map(jnp.asarray, {"params": state.params, "batch_stats": state.batch_stats})
+  chosen = state.ema if ema else {"params": state.params, "batch_stats": state.batch_stats}
+  variables = jax.tree.map(jnp.asarray, chosen)
 
   @jax.jit
   def logits_fn(x):

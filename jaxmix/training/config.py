@@ -16,14 +16,14 @@ import json
 import math
 import os
 import typing
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import optax
 
 from jaxmix.evaluation.protocols import spread_indices
 from jaxmix.training import data as jdata
-from jaxmix.training import models
+from jaxmix.training import models, tensorboard
 from jaxmix.training import step as ts
 from jaxmix.training.registry import HPARAM_FLAGS, METHODS, get_method, parse_bool
 from jaxmix.training.step import StepConfig
@@ -33,12 +33,17 @@ __all__ = (
   "build_parser",
   "config_from_args",
   "load_data",
+  "learning_rate_schedule",
   "make_optimizer",
+  "parse_args",
   "read_config",
   "resolve_hparams",
   "step_config",
   "validate",
 )
+
+
+LOSSES = ("bce", "ce", "sigmoid_bce")
 
 
 def _field(default, help: str, *, flags: tuple = (), choices=None, cli: bool = True, group: str = "run"):
@@ -64,7 +69,11 @@ class TrainConfig:
   model_kwargs: dict = _field({}, "JSON kwargs of the model, e.g. '{\"widths\": [16, 32, 64, 128]}'")
   train: str = _field("vanilla", "mixing method", choices=tuple(sorted(METHODS)))
   hparams: dict = _field({}, "the method's hyper-parameters (set through the method flags)", cli=False)
-  loss: str = _field("bce", "bce = BCE on softmax (PatchUp/MM/PuzzleMix), ce = cross-entropy", choices=("bce", "ce"))
+  loss: str = _field(
+    "bce",
+    "bce = BCE on softmax (PatchUp/MM/PuzzleMix), ce = cross-entropy, sigmoid_bce = per-class sigmoid BCE (timm --bce-loss)",
+    choices=LOSSES,
+  )
   label_smoothing: float = _field(0.0, "label smoothing applied before mixing")
   epochs: int = _field(400, "training epochs")
   batch_size: int = _field(100, "global batch size")
@@ -82,6 +91,9 @@ class TrainConfig:
   seed: int = _field(0, "seed of the data order, augmentation, initialisation and mixing", flags=("--manualSeed",))
   num_devices: int = _field(0, "devices to use (0 = all)")
   mix_group_size: int = _field(0, "mix within fixed groups of this many examples (device-count independent)")
+  mixup_off_epoch: int = _field(0, "no mixing from this epoch on (timm --mixup-off-epoch); 0 = mix every epoch", group="method")
+  tensorboard: bool = _field(False, "write TensorBoard event files to RUN_DIR/tensorboard (needs tensorboardX)")
+  ema_decay: float = _field(0.0, "keep an EMA of the weights and BN statistics with this decay (timm --model-ema-decay); 0 = none")
   jsd: bool = _field(False, "IPMix JSD consistency loss (clean + two views)", group="method")
   clean_lam: float = _field(0.0, "Puzzle Mix clean-loss weight (> 0 keeps its parameter gradients)", group="method")
   eval_batch_size: int = _field(500, "evaluation batch size")
@@ -155,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     if field.metadata["cli"]:
       names = (*field.metadata["flags"], f"--{field.name}")
       groups[field.metadata["group"]].add_argument(*names, **_field_kwargs(field, hints[field.name]))
+  p.add_argument("--config", default=None, help="a run configuration JSON (e.g. a run's config.json); flags given override it")
   p.add_argument(
     "--compilation_cache",
     default=ts.default_compilation_cache(),
@@ -170,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
       kw["choices"] = list(spec.choices)
     if spec.optional_value:
       kw.update(nargs="?", const=True)
+    if spec.nargs:
+      kw["nargs"] = spec.nargs
+    if spec.store is not None:
+      kw = {"action": "store_const", "const": spec.store, "default": None, "help": kw["help"]}
     groups["method"].add_argument(f"--{flag}", **kw)
   compat = p.add_argument_group("accepted for compatibility with PatchUp main.py (no effect)")
   for flag, kw in _IGNORED_FLAGS:
@@ -177,10 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-  """Maps parsed flags to a ``TrainConfig`` (method flags through the registry's ``flags``)."""
+def config_from_args(args: argparse.Namespace, base_hparams: Optional[dict] = None) -> TrainConfig:
+  """Maps parsed flags to a ``TrainConfig`` (method flags through the registry's ``flags``).
+
+  ``base_hparams`` (from a ``--config`` file of the same method) are kept where no
+  method flag overrides them.
+  """
   method = get_method(args.train)
-  hparams = {kw: getattr(args, flag) for flag, kw in method.flags.items() if getattr(args, flag) is not None}
+  given = {kw: getattr(args, flag) for flag, kw in method.flags.items() if getattr(args, flag) is not None}
+  hparams = {**(base_hparams or {}), **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}}
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]}
   values.update(
     dataset={"svhn": "svhn_cropped"}.get(args.dataset, args.dataset),
@@ -191,6 +213,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
   return TrainConfig(**values)
 
 
+def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, argparse.Namespace]:
+  """``jaxmix train``'s command line -> ``(TrainConfig, parsed flags)``.
+
+  With ``--config FILE`` (a ``config.json`` a run wrote, or any JSON object of
+  ``TrainConfig`` fields) the file's values replace the defaults and the flags given on
+  the command line override them; the file's ``hparams`` are kept when ``--train`` names
+  the same method.
+  """
+  parser = build_parser()
+  known, _ = parser.parse_known_args(list(argv))
+  base = None
+  if known.config:
+    if not os.path.isfile(known.config):
+      parser.error(f"--config {known.config}: no such file")
+    try:
+      base = read_config(known.config)
+    except (ValueError, TypeError) as e:
+      parser.error(f"--config {known.config}: {e}")
+    defaults = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]}
+    parser.set_defaults(**{k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()})
+  args = parser.parse_args(list(argv))
+  same_method = base is not None and base.train == args.train
+  return config_from_args(args, base.hparams if same_method else None), args
+
+
 def read_config(path: str) -> TrainConfig:
   """The ``TrainConfig`` saved in ``path`` (a ``config.json``); unknown keys are ignored."""
   with open(path) as f:
@@ -198,6 +245,8 @@ def read_config(path: str) -> TrainConfig:
       raw = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not valid JSON ({e}); it is not a readable jaxmix run configuration.") from None
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path} must hold a JSON object of TrainConfig fields.")
   fields = {f.name for f in dataclasses.fields(TrainConfig)}
   return TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in fields})
 
@@ -228,7 +277,7 @@ def validate(cfg: TrainConfig) -> None:
   """
   for name in ("epochs", "batch_size", "eval_batch_size", "print_freq", "keep_checkpoints"):
     _int_at_least(cfg, name, 1)
-  for name in ("valid_labels_per_class", "crop_padding", "num_devices", "mix_group_size", "save_every_steps"):
+  for name in ("valid_labels_per_class", "crop_padding", "num_devices", "mix_group_size", "save_every_steps", "mixup_off_epoch"):
     _int_at_least(cfg, name, 0)
   for name in ("max_steps_per_epoch", "max_eval_examples"):
     _int_at_least(cfg, name, 0)
@@ -240,10 +289,11 @@ def validate(cfg: TrainConfig) -> None:
   _finite(cfg, "l2_conv")
   _finite(cfg, "label_smoothing", high=1.0)
   _finite(cfg, "clean_lam")
+  _finite(cfg, "ema_decay", high=0.999999)
   get_method(cfg.train)
   for name, value, choices in (
     ("arch", cfg.arch, models.ARCHS),
-    ("loss", cfg.loss, ("bce", "ce")),
+    ("loss", cfg.loss, LOSSES),
     ("optimizer", cfg.optimizer, ("sgd", "adam")),
     ("lr_schedule", cfg.lr_schedule, ("step", "cosine")),
   ):
@@ -257,6 +307,8 @@ def validate(cfg: TrainConfig) -> None:
   unknown = sorted(set(cfg.model_kwargs) - set(fields))
   if unknown:
     raise ValueError(f"--model_kwargs: {cfg.arch} has no field(s) {unknown}; its fields are {sorted(fields)}.")
+  if cfg.tensorboard:
+    tensorboard.check_available()
   if cfg.jsd and not get_method(cfg.train).pixel_space:
     raise ValueError("--jsd needs a pixel-space label-preserving method (ipmix).")
 
@@ -276,7 +328,7 @@ def step_config(cfg: TrainConfig, num_classes: int, mean, std) -> StepConfig:
   """The train step's static configuration for a run on a data set of ``num_classes``."""
   return StepConfig(
     method=cfg.train,
-    hparams=tuple(sorted(resolve_hparams(cfg).items())),
+    hparams=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in resolve_hparams(cfg).items())),
     num_classes=num_classes,
     mean=tuple(mean),
     std=tuple(std),
@@ -286,11 +338,12 @@ def step_config(cfg: TrainConfig, num_classes: int, mean, std) -> StepConfig:
     jsd=cfg.jsd,
     clean_lam=cfg.clean_lam,
     l2_conv=cfg.l2_conv,
+    ema_decay=cfg.ema_decay,
   )
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD (momentum, Nesterov, L2 weight decay as PyTorch) or Adam, with the recipes' schedules.
+def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int):
+  """The learning rate as a function of the step.
 
   ``step``: lr multiplied by ``step_factors[i]`` from epoch ``schedule[i]`` on (PatchUp's
   ``adjust_learning_rate``); ``cosine``: per-step cosine decay to 1e-6 (IPMix).
@@ -306,6 +359,12 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     lr = lambda s: cfg.learning_rate * (floor + (1 - floor) * 0.5 * (1 + jnp.cos(jnp.pi * s / total)))  # noqa: E731
   else:
     raise ValueError(f"--lr_schedule must be 'step' or 'cosine', got {cfg.lr_schedule!r}.")
+  return lr
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD (momentum, Nesterov, L2 weight decay as PyTorch) or Adam, with :func:`learning_rate_schedule`."""
+  lr = learning_rate_schedule(cfg, steps_per_epoch)
   if cfg.optimizer == "sgd":
     return optax.chain(optax.add_decayed_weights(cfg.decay), optax.sgd(lr, momentum=cfg.momentum, nesterov=cfg.nesterov))
   if cfg.optimizer == "adam":

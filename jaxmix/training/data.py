@@ -451,14 +451,16 @@ def _load_tfds(name: str, data_dir: Optional[str], download: bool):
   tf = _tf()
   import tensorflow_datasets as tfds
 
-  if not download and not tfds.builder(name, data_dir=data_dir).is_prepared():
+  try:
+    (train, test), info = tfds.load(name, split=list(_SPLITS), data_dir=data_dir, as_supervised=True, with_info=True, download=download)
+  except AssertionError as e:  # tfds's "could not find data" when download=False
+    if download:
+      raise
     where = repr(data_dir) if data_dir else "the tfds default directory (~/tensorflow_datasets)"
     raise FileNotFoundError(
       f"{where} holds neither class folders (train/ and test/, or train.zip and test.zip) nor a prepared tfds {name!r}. "
       "Point --data_dir at a class-folder directory or zip, or pass --download to let tfds download it (needs network)."
-    )
-  try:
-    (train, test), info = tfds.load(name, split=list(_SPLITS), data_dir=data_dir, as_supervised=True, with_info=True, download=download)
+    ) from e
   except Exception as e:
     if hasattr(e, "add_note"):
       e.add_note(f"jaxmix: tfds.load({name!r}, data_dir={data_dir!r}) failed; offline, pass a class-folder dir or zip as data_dir.")

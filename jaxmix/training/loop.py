@@ -29,14 +29,15 @@ from jaxmix.training import models
 from jaxmix.training import step as ts
 from jaxmix.training.config import (
   TrainConfig,
-  build_parser,
-  config_from_args,
+  learning_rate_schedule,
   load_data,
   make_optimizer,
+  parse_args,
   resolve_hparams,
   step_config,
   validate,
 )
+from jaxmix.training.tensorboard import EventLog
 
 __all__ = ("TrainConfig", "cli_main", "evaluate", "train")
 
@@ -125,9 +126,12 @@ def train(cfg: TrainConfig) -> dict:
   tx = make_optimizer(cfg, spe)
   seed_key = jax.random.key(cfg.seed)
   init_key, _ = jax.random.split(jax.random.fold_in(seed_key, 1))
-  state = ts.init_state(model, tx, init_key, data.train.images.shape[1:], seed_key=seed_key)
+  state = ts.init_state(model, tx, init_key, data.train.images.shape[1:], seed_key=seed_key, ema=cfg.ema_decay > 0)
   step_cfg = step_config(cfg, data.num_classes, data.mean, data.std)
   train_step = ts.make_train_step(model, step_cfg, mesh, per_device_batch=cfg.batch_size // n_dev)
+  if cfg.mixup_off_epoch:  # timm's --mixup-off-epoch: the plain step from that epoch on
+    plain = dataclasses.replace(step_cfg, method="vanilla", hparams=(), jsd=False, clean_lam=0.0, group_size=0)
+    plain_step = ts.make_train_step(model, plain, mesh, per_device_batch=cfg.batch_size // n_dev)
   eval_step = ts.make_eval_step(model, mesh)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
   eval_bs = max(n_dev, cfg.eval_batch_size - cfg.eval_batch_size % n_dev)
@@ -137,7 +141,8 @@ def train(cfg: TrainConfig) -> dict:
   manager = ckpt.checkpoint_manager(os.path.join(run_dir, "checkpoints"), cfg.keep_checkpoints)
   best_manager = ckpt.checkpoint_manager(os.path.join(run_dir, "best"), 1)
   meta = {"best_valid_top1": -1.0, "best_epoch": -1, "train_seconds": 0.0}
-  if manager.all_steps():
+  resumed = bool(manager.all_steps())
+  if resumed:
     state, meta, _ = ckpt.restore(manager, state, set_aside=True)
     print(f"jaxmix train: resumed {run_dir} at step {int(state.step)}")
     if meta["best_epoch"] >= 0 and (meta["best_epoch"] + 1) * spe == int(state.step):
@@ -146,6 +151,8 @@ def train(cfg: TrainConfig) -> dict:
   state = jax.device_put(state, replicated)
   base_key = np.array(jax.device_get(state.rng))  # a copy: the state is donated
 
+  events = EventLog(run_dir, int(state.step) if resumed else None, enabled=cfg.tensorboard and jax.process_index() == 0)
+  lr_at = learning_rate_schedule(cfg, spe)
   log_path = os.path.join(run_dir, "metrics.jsonl")
   start_epoch, start_step = divmod(int(state.step), spe)
   ckpt.truncate_log(log_path, start_epoch)
@@ -179,7 +186,8 @@ def train(cfg: TrainConfig) -> dict:
     for i, batch in enumerate(jdata.prefetch_to_device(batches, 2, sharding), start=first):
       if i >= spe:
         break
-      state, metrics = train_step(state, batch, base_key)
+      step_fn = plain_step if cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch else train_step
+      state, metrics = step_fn(state, batch, base_key)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
       timed += 1
@@ -187,19 +195,25 @@ def train(cfg: TrainConfig) -> dict:
         host = {k: float(v) / count for k, v in jax.device_get(sums).items()}
         _stop_unless_finite(host["loss"], state, manager, epoch, progress)
         progress.update(i + 1, (i + 1 - first) * cfg.batch_size, host)
+        step_now = int(state.step)
+        for tag, value in (("loss", host["loss"]), ("accuracy", host["accuracy"]), ("learning_rate", lr_at(step_now - 1))):
+          events.add(f"train/{tag}", float(value), step_now)
       if cfg.save_every_steps and int(state.step) % cfg.save_every_steps == 0 and i + 1 < spe:
         partial = {k: float(v) for k, v in jax.device_get(sums).items()}
         _stop_unless_finite(partial["loss"], state, manager, epoch, progress)
         seconds = meta["train_seconds"] + time.perf_counter() - t_run
         ckpt.save(manager, state, {**meta, "train_seconds": seconds, "epoch_sums": partial, "epoch_count": count})
+        events.flush()
     progress.close()
     train_metrics = {k: float(v) / max(count, 1) for k, v in jax.device_get(sums).items()} if sums else {}
     _stop_unless_finite(train_metrics.get("loss", 0.0), state, manager, epoch, progress)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     record = {"epoch": epoch, "step": int(state.step), "train": train_metrics, "epoch_seconds": time.perf_counter() - t_epoch}
-    if data.valid is not None:
-      record["valid"] = evaluate(eval_step, variables, data.valid, data, eval_bs, sharding)
-    record["test"] = evaluate(eval_step, variables, data.test, data, eval_bs, sharding)
+    for suffix, weights in (("", variables), ("_ema", state.ema)):
+      if weights is not None:
+        if data.valid is not None:
+          record["valid" + suffix] = evaluate(eval_step, weights, data.valid, data, eval_bs, sharding)
+        record["test" + suffix] = evaluate(eval_step, weights, data.test, data, eval_bs, sharding)
     record["img_per_s"] = timed * cfg.batch_size / max(record["epoch_seconds"], 1e-9)
     meta["train_seconds"] += time.perf_counter() - t_run
     t_run = time.perf_counter()
@@ -209,6 +223,10 @@ def train(cfg: TrainConfig) -> dict:
     ckpt.save(manager, state, meta)  # the periodic checkpoint first: resume needs it
     if is_best:
       ckpt.save(best_manager, state, meta)
+    for split in ("valid", "test", "valid_ema", "test_ema"):
+      if split in record:
+        events.add(f"{split}/top1", record[split]["top1"], int(state.step))
+    events.flush()
     with open(log_path, "a") as f:
       f.write(json.dumps(record) + "\n")
     print(
@@ -217,6 +235,7 @@ def train(cfg: TrainConfig) -> dict:
       + f"  test top1 {record['test']['top1']:.2f}  ({record['epoch_seconds']:.1f}s, {record['img_per_s']:.0f} img/s)"
     )
 
+  events.close()
   return _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated)
 
 
@@ -271,6 +290,8 @@ def _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, s
     "train_seconds": meta["train_seconds"],
     "config": dataclasses.asdict(cfg),
   }
+  if state.ema is not None:
+    summary["test_ema"] = evaluate(eval_step, state.ema, data.test, data, eval_bs, sharding)
   if cfg.fsgm_attack or cfg.affine_test:
     summary["robustness"] = _robustness(cfg, run_dir)
   _write_json(os.path.join(run_dir, "summary.json"), summary)
@@ -299,12 +320,12 @@ def _robustness(cfg: TrainConfig, run_dir: str) -> dict:
 
 def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix train``: parse flags, train (or resume), print the test metrics."""
-  args = build_parser().parse_args(list(argv))
-  ts.use_compilation_cache(args.compilation_cache)
-  if args.distributed:
-    jax.distributed.initialize()
   try:
-    train(config_from_args(args))
+    cfg, args = parse_args(argv)
+    ts.use_compilation_cache(args.compilation_cache)
+    if args.distributed:
+      jax.distributed.initialize()
+    train(cfg)
   except (ValueError, FileNotFoundError) as e:
     print(f"jaxmix train: error: {e}", file=sys.stderr)
     return 2

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from jaxmix.ops import hidden_ops, input_ops
 from jaxmix.ops.ipmix import ipmix as ipmix_op
+from jaxmix.ops.mixup_cutmix import mixup_cutmix
 from jaxmix.ops.puzzlemix import puzzlemix as puzzlemix_op
 
 __all__ = ("HPARAM_FLAGS", "METHODS", "SITES", "HparamFlag", "Method", "get_method", "parse_bool")
@@ -66,6 +67,8 @@ class HparamFlag(NamedTuple):
   help: str
   choices: tuple = ()
   optional_value: bool = False  # ``--flag`` alone means True (PatchUp's store-true style)
+  nargs: Optional[int] = None  # a fixed number of values (a tuple)
+  store: Any = None  # a switch: ``--flag`` sets the keyword to this value
 
 
 HPARAM_FLAGS: Mapping[str, HparamFlag] = types.MappingProxyType(
@@ -97,6 +100,13 @@ HPARAM_FLAGS: Mapping[str, HparamFlag] = types.MappingProxyType(
     "ipmix_depth": HparamFlag(int, "IPMix chain depth"),
     "ipmix_beta": HparamFlag(float, "IPMix Beta/Dirichlet concentration"),
     "aug_severity": HparamFlag(int, "IPMix augmentation severity"),
+    "mixup_alpha": HparamFlag(float, "Mixup alpha of the timm-style switch (timm --mixup)"),
+    "cutmix_alpha": HparamFlag(float, "CutMix alpha of the timm-style switch (timm --cutmix)"),
+    "cutmix_minmax": HparamFlag(float, "CutMix box sides as fractions (lo hi) of the side (timm --cutmix-minmax)", nargs=2),
+    "mix_prob": HparamFlag(float, "probability of mixing a batch / pair / sample (timm --mixup-prob)"),
+    "switch_prob": HparamFlag(float, "probability of CutMix when both alphas are set (timm --mixup-switch-prob)"),
+    "mix_mode": HparamFlag(str, "draw per batch, pair or sample (timm --mixup-mode)", choices=("batch", "pair", "elem")),
+    "no_correct_lam": HparamFlag(parse_bool, "keep the drawn lambda where the CutMix box was clipped", store=False),
   }
 )
 
@@ -175,6 +185,22 @@ def _entries():
     "Huang et al., IPMix, NeurIPS 2023",
     pixel_space=True,
     flags={"ipmix_k": "k", "ipmix_depth": "depth", "ipmix_beta": "beta", "aug_severity": "severity"},
+  )
+  yield Method(
+    "mixup_cutmix",
+    mixup_cutmix,
+    "input",
+    {**_op_defaults(mixup_cutmix, "cutmix_minmax", "prob", "switch_prob", "mode", "correct_lam"), "mixup_alpha": 0.8, "cutmix_alpha": 1.0},
+    "Mixup or CutMix switched as timm's Mixup (Wightman, pytorch-image-models)",
+    flags={
+      "mixup_alpha": "mixup_alpha",
+      "cutmix_alpha": "cutmix_alpha",
+      "cutmix_minmax": "cutmix_minmax",
+      "mix_prob": "prob",
+      "switch_prob": "switch_prob",
+      "mix_mode": "mode",
+      "no_correct_lam": "correct_lam",
+    },
   )
   yield Method(
     "puzzlemix",

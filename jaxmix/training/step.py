@@ -72,10 +72,13 @@ class TrainState(train_state.TrainState):
     batch_stats: BatchNorm running statistics.
     rng: raw ``uint32[2]`` base key of the run; the step folds in ``step`` and the
       device / group index, so ``(rng, step)`` fixes every random draw.
+    ema: ``{"params", "batch_stats"}``, the exponential moving average of both
+      (timm's ``ModelEmaV2``), or ``None`` when the run keeps no EMA.
   """
 
   batch_stats: Any = None
   rng: Any = None
+  ema: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,8 @@ class StepConfig:
     jsd: IPMix's JSD consistency loss (clean + two views).
     clean_lam: Puzzle Mix ``clean_lam`` (> 0 keeps the clean-loss gradients).
     l2_conv: L2 penalty on conv kernels added to the loss (the Keras ResNets' 1e-4).
+    ema_decay: ``D > 0`` keeps ``ema = D ema + (1 - D) (params, batch_stats)`` after
+      every step (the state must be made with ``init_state(..., ema=True)``).
   """
 
   method: str = "vanilla"
@@ -110,17 +115,19 @@ class StepConfig:
   jsd: bool = False
   clean_lam: float = 0.0
   l2_conv: float = 0.0
+  ema_decay: float = 0.0
 
 
 def base_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """The loss ``(logits, soft_targets) -> scalar`` named ``"bce"`` or ``"ce"``."""
-  table = {"bce": losses.bce_on_softmax, "ce": losses.softmax_cross_entropy}
+  """The loss ``(logits, soft_targets) -> scalar`` named ``"bce"``, ``"ce"`` or ``"sigmoid_bce"``."""
+  table = {"bce": losses.bce_on_softmax, "ce": losses.softmax_cross_entropy, "sigmoid_bce": losses.sigmoid_bce}
   if name not in table:
     raise ValueError(f"loss must be one of {sorted(table)}, got {name!r}.")
   return table[name]
 
 
-def _l2_conv(params) -> jax.Array:
+def l2_conv(params) -> jax.Array:
+  """The sum of squares of every 4-D (conv) kernel: the Keras ResNets' L2 penalty, before its weight."""
   leaves = jax.tree_util.tree_leaves_with_path(params)
   terms = [jnp.sum(jnp.square(v)) for path, v in leaves if "kernel" in jax.tree_util.keystr(path) and v.ndim == 4]
   return sum(terms) if terms else jnp.float32(0.0)
@@ -199,7 +206,7 @@ def make_loss_fn(model, cfg: StepConfig):
       b = x01.shape[0]
       logits = all_logits[:b]
       loss = jsd_loss(logits, [all_logits[b : 2 * b], all_logits[2 * b :]], y)
-      loss = loss + cfg.l2_conv * _l2_conv(params)
+      loss = loss + cfg.l2_conv * l2_conv(params)
       return loss, (new_bs, logits, y, extra_grads)
     else:
       if method.pixel_space:
@@ -211,7 +218,7 @@ def make_loss_fn(model, cfg: StepConfig):
       if res.loss_scale is not None:
         scale = res.loss_scale
       logits, new_bs = forward(params, batch_stats, x_in)
-    loss = scale * loss_of(logits, targets) + cfg.l2_conv * _l2_conv(params)
+    loss = scale * loss_of(logits, targets) + cfg.l2_conv * l2_conv(params)
     return loss, (new_bs, logits, targets, extra_grads)
 
   return loss_fn
@@ -285,6 +292,8 @@ def make_train_step(model, cfg: StepConfig, mesh, *, per_device_batch: Optional[
     metrics = jax.lax.pmean(_metrics(loss, logits, labels), AXIS)
     metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_bs)
+    if cfg.ema_decay:
+      new_state = new_state.replace(ema=ema_update(state.ema, new_state, cfg.ema_decay))
     return new_state, metrics
 
   sharded = jax.shard_map(
@@ -336,8 +345,17 @@ def make_eval_step(model, mesh):
   return eval_step
 
 
-def init_state(model, tx, key, image_shape, *, seed_key) -> TrainState:
-  """Initialises params and batch stats on a dummy batch; the state is replicated."""
+def ema_update(ema, state, decay: float):
+  """timm's ``ModelEmaV2`` update of parameters and BatchNorm statistics: ``D ema + (1 - D) new``."""
+  new = {"params": state.params, "batch_stats": state.batch_stats}
+  return jax.tree.map(lambda e, v: decay * e + (1.0 - decay) * v, ema, new)
+
+
+def init_state(model, tx, key, image_shape, *, seed_key, ema: bool = False) -> TrainState:
+  """Initialises params and batch stats on a dummy batch; the state is replicated.
+
+  With ``ema=True`` the state also holds an EMA of both, starting at their initial values.
+  """
   variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   state = TrainState.create(
     apply_fn=model.apply,
@@ -345,6 +363,7 @@ def init_state(model, tx, key, image_shape, *, seed_key) -> TrainState:
     batch_stats=variables.get("batch_stats", {}),
     tx=tx,
     rng=jax.random.key_data(seed_key),
+    ema=jax.tree.map(jnp.copy, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}) if ema else None,
   )
   # Strong (not weak) dtypes everywhere, so the step's outputs match its inputs and
   # the step compiles exactly once.
