@@ -61,3 +61,19 @@ def test_step_config_is_derived_from_the_run_config():
   step = jconfig.step_config(cfg, 10, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
   assert dict(step.hparams) == {"alpha": 0.5, "prob": 0.5}
   assert (step.method, step.loss, step.group_size, step.l2_conv, step.num_classes) == ("cutmix", "ce", 4, 1e-4, 10)
+
+
+def test_config_file_sets_the_run_and_flags_override_it(tmp_path):
+  import json
+
+  saved = training.TrainConfig(train="cutmix", hparams={"alpha": 0.3}, epochs=7, arch="preactresnet_small", schedule=(3, 5))
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(dataclasses.asdict(saved)))
+  cfg, _ = jconfig.parse_args(["--config", str(path)])
+  assert cfg == saved  # a run's config.json is a valid --config
+  cfg, _ = jconfig.parse_args(["--config", str(path), "--epochs", "2", "--cutmix_prob", "0.9"])
+  assert cfg.epochs == 2 and cfg.schedule == (3, 5) and cfg.hparams == {"alpha": 0.3, "prob": 0.9}
+  cfg, _ = jconfig.parse_args(["--config", str(path), "--train", "mixup"])
+  assert cfg.hparams == {}  # another method: the file's hyper-parameters do not apply
+  with pytest.raises(SystemExit):
+    jconfig.parse_args(["--config", str(tmp_path / "missing.json")])
