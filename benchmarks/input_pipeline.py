@@ -15,7 +15,7 @@ Each timing is repeated ``--repeats`` times; the table gives every run, the medi
 the best. The machine may be shared: read the median, and the spread as the noise.
 
 Usage:
-  python benchmarks/input_pipeline.py [--data_dir ../shared/data/cifar10] [--repeats 3]
+  python benchmarks/input_pipeline.py [--data_dir ~/data/cifar10] [--repeats 3]
       [--epochs 1] [--batch_size 128] [--skip_decode] [--device]
 """
 

@@ -14,7 +14,7 @@ For the small CPU model (``preactresnet_small``) on real CIFAR-10 batches, in on
   same batches, to see whether training is input-bound.
 
 Medians over ``--steps`` calls. Usage:
-  python benchmarks/train_step.py --data_dir ../shared/data/cifar10 [--batch 128] [--steps 20] [--out FILE.json]
+  python benchmarks/train_step.py --data_dir ~/data/cifar10 [--batch 128] [--steps 20] [--out FILE.json]
 """
 
 from __future__ import annotations

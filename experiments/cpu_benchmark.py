@@ -20,8 +20,8 @@ plus settings, date, machine and command), ``table.md`` and ``plot.png``.
 
 Usage::
 
-  python -m experiments.cpu_benchmark --data_dir ../shared/data/cifar10            # full table
-  python -m experiments.cpu_benchmark --data_dir ../shared/data/cifar10 --quick    # smoke run
+  python -m experiments.cpu_benchmark --data_dir ~/data/cifar10            # full table
+  python -m experiments.cpu_benchmark --data_dir ~/data/cifar10 --quick    # smoke run
   python -m experiments.cpu_benchmark --data_dir ... --report_only                 # re-aggregate
 
 Notes:
@@ -471,7 +471,7 @@ def _machine() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m experiments.cpu_benchmark", description=__doc__.split("\n")[0])
-  p.add_argument("--data_dir", required=True, help="CIFAR-10 in class-folder layout (e.g. ../shared/data/cifar10)")
+  p.add_argument("--data_dir", required=True, help="CIFAR-10 in class-folder layout (e.g. ~/data/cifar10)")
   p.add_argument("--root_dir", default=None, help="run directories (default: runs/cpu_benchmark[_quick])")
   p.add_argument("--out_dir", default=None, help="results (default: experiments/results/cpu_benchmark[_smoke])")
   p.add_argument("--quick", action="store_true", help=f"smoke settings: {QUICK}")

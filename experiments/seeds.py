@@ -42,8 +42,8 @@ from typing import Mapping
 # Where the expected numbers come from.
 
 SRC_PATCHUP = (
-  "PatchUp paper (Faramarzi et al., AAAI 2022, arXiv:2006.07794) Tables 1-4: not readable through the "
-  "project's search tool (only the abstract is stored); the PatchUp README gives no numbers. Left empty."
+  "PatchUp paper (Faramarzi et al., AAAI 2022, arXiv:2006.07794) Tables 1-4: not available to us in "
+  "readable form (only the abstract); the PatchUp README gives no numbers. Left empty."
 )
 SRC_PA_README = (
   "mdbloice/Patch-Augmentation README (current version, as stored at github.com/mdbloice/Patch-Augmentation): "
@@ -70,10 +70,9 @@ SRC_PM_PWC = (
   "Papers with Code entry of the Puzzle Mix paper (ICML 2020): CIFAR-100, WRN28-10, 'Percentage correct' 84.05 "
   "(the listing does not say which epoch budget / variant; the paper's own tables were not readable)."
 )
-SRC_PM_NONE = "Puzzle Mix paper (Kim et al., ICML 2020) Table 1/2: not readable through the project's search tool. Left empty."
+SRC_PM_NONE = "Puzzle Mix paper (Kim et al., ICML 2020) Table 1/2: not available to us in readable form. Left empty."
 SRC_IPMIX_NONE = (
-  "IPMix paper (Huang et al., NeurIPS 2023) tables: not readable through the project's search tool; the IPMix README "
-  "gives no numbers. Left empty."
+  "IPMix paper (Huang et al., NeurIPS 2023) tables: not available to us in readable form; the IPMix README gives no numbers. Left empty."
 )
 
 

@@ -228,7 +228,7 @@ def load(
 
   sources = None
   if data_dir is not None:
-    data_dir = os.fspath(data_dir)
+    data_dir = os.path.expanduser(os.fspath(data_dir))
     sources = _local_sources(data_dir)
   if sources is not None:
     (train, train_classes), (test, test_classes) = (_load_local(src, sub) for src, sub in sources)
