@@ -356,7 +356,7 @@ def test_cli_main_with_restored_run(tmp_path, monkeypatch, capsys):
   code = eval_cli.cli_main(["--checkpoint", str(tmp_path), "--no_corruptions", "--no_deformed", "--no_fgsm"])
   assert code == 0
   default = json.loads((tmp_path / "eval_metrics.json").read_text())
-  assert set(default) == {"n_examples", "batch_size", "seconds", "clean", "checkpoint"}
+  assert set(default) == {"n_examples", "batch_size", "seconds", "clean", "checkpoint", "weights"}
   # Generated sets went to the shared cache, not the run directory.
   assert any(f.startswith("deformed_") for f in os.listdir(tmp_path / "cache"))
 

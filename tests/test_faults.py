@@ -361,3 +361,26 @@ def test_tensorboard_events_are_exact_across_a_kill_and_resume(tmp_path):
   pairs = [(tag, step) for tag, step, _ in again]
   assert len(pairs) == len(set(pairs)), "a step was logged twice"
   assert {(tag, step): value for tag, step, value in again} == ref
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_save_is_a_clear_error_and_the_run_resumes(finished, tmp_path, monkeypatch, capsys):
+  cfg = _cfg(tmp_path, "disk")
+  config = tmp_path / "config.json"
+  config.write_text(json.dumps(dataclasses.asdict(cfg)))
+  real, calls = ckpt.save, []
+
+  def save_until_the_disk_fills(manager, state, meta):
+    calls.append(int(state.step))
+    if len(calls) == 2:
+      raise OSError(28, "No space left on device")
+    return real(manager, state, meta)
+
+  monkeypatch.setattr(ckpt, "save", save_until_the_disk_fills)
+  assert training.loop.cli_main(["--config", str(config)]) == 2
+  assert "No space left on device" in capsys.readouterr().err
+  monkeypatch.setattr(ckpt, "save", real)
+  assert training.loop.cli_main(["--config", str(config)]) == 0
+  root, _ = finished
+  for a, b in zip(_params(os.path.join(root, "ref"))[1], _params(cfg.run_dir())[1], strict=True):
+    np.testing.assert_array_equal(a, b)

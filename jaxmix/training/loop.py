@@ -326,7 +326,7 @@ def cli_main(argv: Sequence[str]) -> int:
     if args.distributed:
       jax.distributed.initialize()
     train(cfg)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # bad settings or data, a damaged run, a full disk
     print(f"jaxmix train: error: {e}", file=sys.stderr)
     return 2
   return 0
