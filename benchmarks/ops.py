@@ -75,7 +75,7 @@ def _jax_cases(shape, full: bool):
   return cases
 
 
-def _load_timm_mixup():
+def load_timm_mixup():
   """timm's mixup module, loaded by path: ``import timm`` needs torchvision, it does not."""
   try:
     import torch
@@ -92,7 +92,7 @@ def _load_timm_mixup():
 
 
 def _timm_cases(shape):
-  torch, timm_mixup = _load_timm_mixup()
+  torch, timm_mixup = load_timm_mixup()
   if torch is None:
     return {}
   torch.set_num_threads(2)

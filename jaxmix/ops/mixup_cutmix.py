@@ -54,7 +54,8 @@ def _check(images, labels, *, mixup_alpha, cutmix_alpha, cutmix_minmax, prob, sw
 
 
 def _box_centred(key, lam: Array, height: int, width: int):
-  """timm's ``rand_bbox``: sides ``int(side * sqrt(1 - lam))``, a uniform centre, clipped."""
+  """timm's ``rand_bbox`` (1.0): sides ``int(side * sqrt(1 - lam))`` from ``c - s // 2`` to ``c + (s + 1) // 2``
+  around a uniform centre ``c``, clipped at the border."""
   key_y, key_x = jax.random.split(key)
   ratio = jnp.sqrt(1.0 - lam)
   cut_h = jnp.floor(height * ratio).astype(jnp.int32)
@@ -63,21 +64,22 @@ def _box_centred(key, lam: Array, height: int, width: int):
   cx = jax.random.randint(key_x, lam.shape, 0, width)
   return (
     jnp.clip(cy - cut_h // 2, 0, height),
-    jnp.clip(cy + cut_h // 2, 0, height),
+    jnp.clip(cy + (cut_h + 1) // 2, 0, height),
     jnp.clip(cx - cut_w // 2, 0, width),
-    jnp.clip(cx + cut_w // 2, 0, width),
+    jnp.clip(cx + (cut_w + 1) // 2, 0, width),
   )
 
 
 def _box_minmax(key, n: int, minmax, height: int, width: int):
-  """timm's ``rand_bbox_minmax``: sides uniform in ``[int(lo side), int(hi side))``, box inside the image."""
+  """timm's ``rand_bbox_minmax``: sides uniform in ``[int(lo side), int(hi side))``, corner uniform in
+  ``[0, side - cut]``, so the box lies inside the image."""
   key_h, key_w, key_y, key_x = jax.random.split(key, 4)
   lo_h, hi_h = int(height * minmax[0]), max(int(height * minmax[1]), int(height * minmax[0]) + 1)
   lo_w, hi_w = int(width * minmax[0]), max(int(width * minmax[1]), int(width * minmax[0]) + 1)
   cut_h = jnp.minimum(jax.random.randint(key_h, (n,), lo_h, hi_h), height)
   cut_w = jnp.minimum(jax.random.randint(key_w, (n,), lo_w, hi_w), width)
-  y1 = jax.random.randint(key_y, (n,), 0, jnp.maximum(height - cut_h, 1))
-  x1 = jax.random.randint(key_x, (n,), 0, jnp.maximum(width - cut_w, 1))
+  y1 = jax.random.randint(key_y, (n,), 0, height - cut_h + 1)
+  x1 = jax.random.randint(key_x, (n,), 0, width - cut_w + 1)
   return y1, y1 + cut_h, x1, x1 + cut_w
 
 
@@ -119,7 +121,8 @@ def mixup_cutmix(
     labels: ``[B, K]`` soft targets.
     mixup_alpha: Mixup's Beta concentration (0: no Mixup).
     cutmix_alpha: CutMix's Beta concentration (0: no CutMix).
-    cutmix_minmax: optional ``(lo, hi)`` fractions of the side for CutMix box sides.
+    cutmix_minmax: optional ``(lo, hi)`` fractions of the side for CutMix box sides
+      (as timm, this turns CutMix on with ``cutmix_alpha = 1``).
     prob: probability of mixing a batch / pair / sample.
     switch_prob: probability of CutMix when both alphas are positive.
     mode: ``"batch"``, ``"pair"`` (even batch) or ``"elem"``.
@@ -153,6 +156,8 @@ def mixup_cutmix(
     lam=lam,
     perm=perm,
   )
+  if cutmix_minmax is not None:
+    cutmix_alpha = 1.0  # as timm: minmax boxes imply CutMix (its lambda comes from the box)
   if mixup_alpha == 0 and cutmix_alpha == 0:
     return core.identity_result(images, labels)._replace(mask=jnp.ones((batch, height, width), jnp.float32))
   n = 1 if mode == "batch" else batch
@@ -183,11 +188,11 @@ def mixup_cutmix(
   box = (rows >= y1[owner][:, None, None]) & (rows < y2[owner][:, None, None])
   box = box & (cols >= x1[owner][:, None, None]) & (cols < x2[owner][:, None, None])
   box = box & cut[:, None, None]
-  x = images.astype(jnp.float32)
+  x = jnp.asarray(images, jnp.float32)
   other = x[partner]
   weight = jnp.where(cut | ~mixed, 1.0, lam_s)[:, None, None, None]
   blended = weight * x + (1.0 - weight) * other
-  out = jnp.where(box[..., None], other, blended).astype(images.dtype)
+  out = jnp.where(box[..., None], other, blended).astype(jnp.result_type(images))
   return MixResult(
     images=out,
     labels=core.mix_labels(labels, partner, lam_s),
