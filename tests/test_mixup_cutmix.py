@@ -165,3 +165,14 @@ def test_registered_with_timm_flags():
   assert cfg.mixup_off_epoch == 3
   step = config.step_config(cfg, 10, (0.5,) * 3, (0.2,) * 3)
   hash(step)  # hashable: it keys the compiled step
+
+
+def test_box_side_is_int_side_sqrt_one_minus_lam_as_timm():
+  """timm 1.0: rows ``c - s // 2 .. c + (s + 1) // 2``, so an odd side stays odd (5 x 4 here)."""
+  lam = 1 - (5.5 / 16) ** 2  # int(16 * 0.34375) = 5 rows, int(12 * 0.34375) = 4 columns
+  sides = set()
+  for seed in range(30):
+    res = jaxmix.mixup_cutmix(jax.random.key(seed), X, Y, mode="elem", mixup_alpha=0.0, cutmix_alpha=1.0, lam=lam)
+    sides |= set(zip(*_box_sides(res.mask), strict=True))
+  assert max(h for h, _ in sides) == 5 and max(w for _, w in sides) == 4
+  assert (5, 4) in sides and all(h <= 5 and w <= 4 for h, w in sides)
