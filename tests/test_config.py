@@ -50,10 +50,15 @@ def test_method_flags_come_from_the_registry():
   assert cfg.hparams == {"beta": 0.8, "transport": False}
   cfg = jconfig.config_from_args(parser.parse_args(["--train", "cutmix", "--cutmix_prob", "0.3", "--alpha", "0.5"]))
   assert cfg.hparams == {"prob": 0.3, "alpha": 0.5}
+  import inspect
+
+  from jaxmix.ops import hook
+
   for method in METHODS.values():
+    accepted = hook.method_defaults(method.name) if method.site == "hidden" else inspect.signature(method.op).parameters
     for flag, keyword in method.flags.items():
       assert flag in HPARAM_FLAGS
-      assert keyword in method.defaults or keyword in ("block_num", "adv_p", "adv_eps"), (method.name, flag)
+      assert keyword in accepted or keyword in ("adv_p", "adv_eps"), (method.name, flag)  # Puzzle Mix's train-batch keywords
 
 
 def test_step_config_is_derived_from_the_run_config():
@@ -77,3 +82,30 @@ def test_config_file_sets_the_run_and_flags_override_it(tmp_path):
   assert cfg.hparams == {}  # another method: the file's hyper-parameters do not apply
   with pytest.raises(SystemExit):
     jconfig.parse_args(["--config", str(tmp_path / "missing.json")])
+
+
+def test_ipmix_recipe_fills_what_the_command_line_does_not_give():
+  """`--train ipmix` alone trains as the official cifar.py: JSD, CE, padding 4, WRN-40-4, cosine."""
+  cfg, _ = jconfig.parse_args(["--train", "ipmix"])
+  official = {"jsd": True, "loss": "ce", "crop_padding": 4, "arch": "wrn40_4", "lr_schedule": "cosine", "decay": 5e-4}
+  assert {k: getattr(cfg, k) for k in official} == official
+  assert (cfg.batch_size, cfg.epochs, cfg.learning_rate, cfg.nesterov) == (128, 100, 0.1, True)
+  cfg, _ = jconfig.parse_args(["--train", "ipmix", "--loss", "bce", "--jsd", "False", "--arch", "preactresnet18", "--epochs", "3"])
+  assert (cfg.loss, cfg.jsd, cfg.arch, cfg.epochs, cfg.crop_padding) == ("bce", False, "preactresnet18", 3, 4)
+  cfg, _ = jconfig.parse_args(["--train", "cutmix"])
+  assert cfg == dataclasses.replace(training.TrainConfig(), train="cutmix")  # methods without a recipe: the defaults
+
+
+def test_print_config_shows_sites_and_the_official_switches(capsys):
+  assert training.loop.cli_main(["--train", "manifold_mixup", "--print_config"]) == 0
+  shown = __import__("json").loads(capsys.readouterr().out)
+  assert shown["hparams"]["sites"] == ["input", "layer1", "layer2"] and shown["hparams"]["alpha"] == 2.0
+  argv = ["--train", "manifold_mixup", "--mm_sites", "input", "conv1", "layer1", "--print_config"]
+  assert training.loop.cli_main(argv) == 0
+  assert __import__("json").loads(capsys.readouterr().out)["hparams"]["sites"] == ["input", "conv1", "layer1"]
+  cfg, _ = jconfig.parse_args(["--train", "cutout", "--cutout", "16", "--cutout_shared"])
+  assert cfg.hparams == {"size": 16, "shared": True}
+  cfg, _ = jconfig.parse_args(["--train", "patchup", "--arch", "wrn28_10", "--wrn_target_bug", "True"])
+  assert cfg.hparams == {"wrn_target_bug": True}
+  with pytest.raises(SystemExit):
+    jconfig.parse_args(["--train", "manifold_mixup", "--mm_sites", "input", "layer9"])

@@ -15,6 +15,7 @@ sampled layer and only the chosen site does work.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -182,6 +183,18 @@ _BUILDERS = {"manifold_mixup": _manifold_mixup, "patchup": _patchup, "dropblock"
 
 HIDDEN_METHODS = tuple(_BUILDERS)
 """The method names ``hidden_mix`` accepts (the registry's ``"hidden"`` entries)."""
+
+
+PER_CALL = frozenset({"lam", "perm", "layer", "seeds"})
+"""Keyword arguments that override a draw of one call, not hyper-parameters."""
+
+
+def method_defaults(method: str) -> dict:
+  """The keyword defaults ``hidden_mix(key, labels, method=method)`` uses (sites included)."""
+  if method not in _BUILDERS:
+    raise ValueError(f"unknown hidden method {method!r}; known: {', '.join(HIDDEN_METHODS)}.")
+  params = inspect.signature(_BUILDERS[method]).parameters.values()
+  return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in PER_CALL}
 
 
 def hidden_mix(key, labels: Array, *, method: str, **hparams) -> tuple[MixFn, MixResult]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmix.evaluation.protocols import spread_indices
+from jaxmix.ops import hook
 from jaxmix.training import data as jdata
 from jaxmix.training import models, tensorboard
 from jaxmix.training import step as ts
@@ -37,6 +39,7 @@ __all__ = (
   "make_optimizer",
   "parse_args",
   "read_config",
+  "resolved_config",
   "resolve_hparams",
   "step_config",
   "validate",
@@ -167,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     if field.metadata["cli"]:
       names = (*field.metadata["flags"], f"--{field.name}")
       groups[field.metadata["group"]].add_argument(*names, **_field_kwargs(field, hints[field.name]))
+  p.add_argument("--print_config", action="store_true", help="print the resolved run configuration as JSON and exit")
   p.add_argument("--config", default=None, help="a run configuration JSON (e.g. a run's config.json); flags given override it")
   p.add_argument(
     "--compilation_cache",
@@ -213,13 +217,26 @@ def config_from_args(args: argparse.Namespace, base_hparams: Optional[dict] = No
   return TrainConfig(**values)
 
 
+_UNSET = object()
+
+
+def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
+  """The destinations that ``argv`` sets explicitly (not by a default)."""
+  dests = vars(parser.parse_args([])) if "--config" not in argv else vars(parser.parse_known_args(list(argv))[0])
+  namespace = argparse.Namespace(**dict.fromkeys(dests, _UNSET))
+  parsed = vars(parser.parse_known_args(list(argv), namespace=namespace)[0])
+  return {dest for dest, value in parsed.items() if value is not _UNSET}
+
+
 def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, argparse.Namespace]:
   """``jaxmix train``'s command line -> ``(TrainConfig, parsed flags)``.
 
   With ``--config FILE`` (a ``config.json`` a run wrote, or any JSON object of
   ``TrainConfig`` fields) the file's values replace the defaults and the flags given on
   the command line override them; the file's ``hparams`` are kept when ``--train`` names
-  the same method.
+  the same method. Without one, the method's recipe (``Method.recipe``: IPMix's JSD,
+  cross-entropy, crop padding, model and schedule) fills every setting the command line
+  does not give.
   """
   parser = build_parser()
   known, _ = parser.parse_known_args(list(argv))
@@ -235,7 +252,30 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser.set_defaults(**{k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()})
   args = parser.parse_args(list(argv))
   same_method = base is not None and base.train == args.train
-  return config_from_args(args, base.hparams if same_method else None), args
+  cfg = config_from_args(args, base.hparams if same_method else None)
+  if base is None:
+    given = _given(parser, argv)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in get_method(cfg.train).recipe.items() if k not in given})
+  return cfg, args
+
+
+_PER_CALL = frozenset({"lam", "perm", "layer", "seeds", "mean", "std", "mixing_index", "m", "chain_depth", "block_num"})
+
+
+def resolved_config(cfg: TrainConfig) -> dict:
+  """What ``--print_config`` prints: the run configuration with the method's full
+  hyper-parameters (the op's own defaults, hidden-layer sites included, under the
+  recipe's and the command line's values) and where the method acts."""
+  method = get_method(cfg.train)
+  if method.site == "hidden":
+    base = hook.method_defaults(cfg.train)
+  else:
+    params = inspect.signature(method.op).parameters.values()
+    base = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PER_CALL}
+  out = json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+  out["hparams"] = json.loads(json.dumps({**base, **resolve_hparams(cfg)}, default=list))
+  out["method"] = {"name": method.name, "site": method.site, "pixel_space": method.pixel_space, "paper": method.paper}
+  return out
 
 
 def read_config(path: str) -> TrainConfig:

@@ -34,6 +34,7 @@ from jaxmix.training.config import (
   make_optimizer,
   parse_args,
   resolve_hparams,
+  resolved_config,
   step_config,
   validate,
 )
@@ -322,6 +323,10 @@ def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix train``: parse flags, train (or resume), print the test metrics."""
   try:
     cfg, args = parse_args(argv)
+    if args.print_config:
+      validate(cfg)
+      print(json.dumps(resolved_config(cfg), indent=2))
+      return 0
     ts.use_compilation_cache(args.compilation_cache)
     if args.distributed:
       jax.distributed.initialize()

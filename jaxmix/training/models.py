@@ -350,6 +350,7 @@ _ARCHS = {
   "resnet20v1": functools.partial(ResNetV1, depth=20),
   "resnet29v2": functools.partial(ResNetV2, depth=29),
   "preactresnet_small": functools.partial(PreActResNet, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
+  "wrn40_4": functools.partial(WideResNet, depth=40, widen_factor=4),  # IPMix's CIFAR default (without its dropout 0.3)
 }
 
 ARCHS = tuple(_ARCHS)

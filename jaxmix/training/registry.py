@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple
 
 from jaxmix.ops import hidden_ops, input_ops
+from jaxmix.ops.hook import SITES as HOOK_SITES
 from jaxmix.ops.ipmix import ipmix as ipmix_op
 from jaxmix.ops.mixup_cutmix import mixup_cutmix
 from jaxmix.ops.puzzlemix import puzzlemix as puzzlemix_op
@@ -38,6 +39,10 @@ class Method(NamedTuple):
       otherwise it gets the normalised batch (Cutout's zeros = the mean colour).
     flags: command-line flag (without ``--``) -> the op keyword it sets; the flag's
       type and help are in :data:`HPARAM_FLAGS`. A flag left unset keeps ``defaults``.
+    recipe: run settings (``TrainConfig`` fields) of the method's official training
+      recipe where they differ from ``jaxmix train``'s defaults (loss, JSD, crop
+      padding, model, optimizer, schedule); ``jaxmix train --train NAME`` applies them
+      to every such setting not given on the command line.
   """
 
   name: str
@@ -47,6 +52,7 @@ class Method(NamedTuple):
   paper: str
   pixel_space: bool = False
   flags: Mapping[str, str] = types.MappingProxyType({})
+  recipe: Mapping[str, Any] = types.MappingProxyType({})
 
 
 def parse_bool(text: str) -> bool:
@@ -67,7 +73,7 @@ class HparamFlag(NamedTuple):
   help: str
   choices: tuple = ()
   optional_value: bool = False  # ``--flag`` alone means True (PatchUp's store-true style)
-  nargs: Optional[int] = None  # a fixed number of values (a tuple)
+  nargs: Any = None  # a number of values (a tuple), or "+"
   store: Any = None  # a switch: ``--flag`` sets the keyword to this value
 
 
@@ -100,6 +106,18 @@ HPARAM_FLAGS: Mapping[str, HparamFlag] = types.MappingProxyType(
     "ipmix_depth": HparamFlag(int, "IPMix chain depth"),
     "ipmix_beta": HparamFlag(float, "IPMix Beta/Dirichlet concentration"),
     "aug_severity": HparamFlag(int, "IPMix augmentation severity"),
+    "mm_sites": HparamFlag(
+      str,
+      "Manifold Mixup sites (Manifold Mixup code: input layer1 layer2; PatchUp code: input conv1 layer1)",
+      choices=HOOK_SITES,
+      nargs="+",
+    ),
+    "cutout_shared": HparamFlag(
+      parse_bool, "one Cutout hole for the whole batch with PatchUp's float rule (PatchUp's main.py)", optional_value=True
+    ),
+    "wrn_target_bug": HparamFlag(
+      parse_bool, "PatchUp's WideResNet target at the input site (the official code's bug)", optional_value=True
+    ),
     "mixup_alpha": HparamFlag(float, "Mixup alpha of the timm-style switch (timm --mixup)"),
     "cutmix_alpha": HparamFlag(float, "CutMix alpha of the timm-style switch (timm --cutmix)"),
     "cutmix_minmax": HparamFlag(float, "CutMix box sides as fractions (lo hi) of the side (timm --cutmix-minmax)", nargs=2),
@@ -144,7 +162,14 @@ def _entries():
     "Yun et al., CutMix, ICCV 2019",
     flags={"alpha": "alpha", "cutmix_prob": "prob"},
   )
-  yield Method("cutout", input_ops.cutout, "label_preserving", {"size": 16}, "DeVries & Taylor, Cutout, 2017", flags={"cutout": "size"})
+  yield Method(
+    "cutout",
+    input_ops.cutout,
+    "label_preserving",
+    {"size": 16},
+    "DeVries & Taylor, Cutout, 2017",
+    flags={"cutout": "size", "cutout_shared": "shared"},
+  )
   yield Method(
     "patch_augment",
     input_ops.patch_augment,
@@ -159,7 +184,7 @@ def _entries():
     "hidden",
     {"alpha": 2.0},
     "Verma et al., Manifold Mixup, ICML 2019",
-    flags={"alpha": "alpha"},
+    flags={"alpha": "alpha", "mm_sites": "sites"},
   )
   yield Method(
     "patchup",
@@ -167,7 +192,13 @@ def _entries():
     "hidden",
     {"mode": "soft", "block_size": 7, "gamma": None, "prob": None},
     "Faramarzi et al., PatchUp, AAAI 2022",
-    flags={"patchup_type": "mode", "patchup_block": "block_size", "patchup_prob": "prob", "gamma": "gamma"},
+    flags={
+      "patchup_type": "mode",
+      "patchup_block": "block_size",
+      "patchup_prob": "prob",
+      "gamma": "gamma",
+      "wrn_target_bug": "wrn_target_bug",
+    },
   )
   yield Method(
     "dropblock",
@@ -185,6 +216,22 @@ def _entries():
     "Huang et al., IPMix, NeurIPS 2023",
     pixel_space=True,
     flags={"ipmix_k": "k", "ipmix_depth": "depth", "ipmix_beta": "beta", "aug_severity": "severity"},
+    recipe={
+      # The official cifar.py: JSD on, cross-entropy, RandomCrop(32, padding=4) + flip,
+      # WRN-40-4, SGD Nesterov 0.1, wd 5e-4, batch 128, 100 epochs, per-step cosine.
+      "loss": "ce",
+      "jsd": True,
+      "crop_padding": 4,
+      "arch": "wrn40_4",
+      "learning_rate": 0.1,
+      "momentum": 0.9,
+      "nesterov": True,
+      "decay": 5e-4,
+      "batch_size": 128,
+      "eval_batch_size": 1000,
+      "epochs": 100,
+      "lr_schedule": "cosine",
+    },
   )
   yield Method(
     "mixup_cutmix",
@@ -221,7 +268,9 @@ def _build() -> Mapping[str, Method]:
     if unknown:
       raise ValueError(f"flags {sorted(unknown)} of {method.name!r} are not in HPARAM_FLAGS.")
     methods[method.name] = method._replace(
-      defaults=types.MappingProxyType(dict(method.defaults)), flags=types.MappingProxyType(dict(method.flags))
+      defaults=types.MappingProxyType(dict(method.defaults)),
+      flags=types.MappingProxyType(dict(method.flags)),
+      recipe=types.MappingProxyType(dict(method.recipe)),
     )
   return types.MappingProxyType(methods)
 
