@@ -208,13 +208,8 @@ def train(cfg: TrainConfig) -> dict:
     progress.close()
     train_metrics = {k: float(v) / max(count, 1) for k, v in jax.device_get(sums).items()} if sums else {}
     _stop_unless_finite(train_metrics.get("loss", 0.0), state, manager, epoch, progress)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     record = {"epoch": epoch, "step": int(state.step), "train": train_metrics, "epoch_seconds": time.perf_counter() - t_epoch}
-    for suffix, weights in (("", variables), ("_ema", state.ema)):
-      if weights is not None:
-        if data.valid is not None:
-          record["valid" + suffix] = evaluate(eval_step, weights, data.valid, data, eval_bs, sharding)
-        record["test" + suffix] = evaluate(eval_step, weights, data.test, data, eval_bs, sharding)
+    record.update(_evaluate_splits(eval_step, state, data, eval_bs, sharding))
     record["img_per_s"] = timed * cfg.batch_size / max(record["epoch_seconds"], 1e-9)
     meta["train_seconds"] += time.perf_counter() - t_run
     t_run = time.perf_counter()
@@ -230,14 +225,30 @@ def train(cfg: TrainConfig) -> dict:
     events.flush()
     with open(log_path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    print(
-      f"epoch {epoch:3d}: train loss {train_metrics.get('loss', float('nan')):.4f}"
-      + (f"  valid top1 {record['valid']['top1']:.2f}" if "valid" in record else "")
-      + f"  test top1 {record['test']['top1']:.2f}  ({record['epoch_seconds']:.1f}s, {record['img_per_s']:.0f} img/s)"
-    )
+    print(_epoch_line(record))
 
   events.close()
   return _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated)
+
+
+def _evaluate_splits(eval_step, state, data, batch_size: int, sharding) -> dict:
+  """``valid`` / ``test`` metrics of the raw weights, and ``valid_ema`` / ``test_ema`` of the EMA."""
+  out = {}
+  raw = {"params": state.params, "batch_stats": state.batch_stats}
+  for suffix, weights in (("", raw), ("_ema", state.ema)):
+    if weights is not None:
+      if data.valid is not None:
+        out["valid" + suffix] = evaluate(eval_step, weights, data.valid, data, batch_size, sharding)
+      out["test" + suffix] = evaluate(eval_step, weights, data.test, data, batch_size, sharding)
+  return out
+
+
+def _epoch_line(record: dict) -> str:
+  valid = f"  valid top1 {record['valid']['top1']:.2f}" if "valid" in record else ""
+  return (
+    f"epoch {record['epoch']:3d}: train loss {record['train'].get('loss', float('nan')):.4f}{valid}"
+    f"  test top1 {record['test']['top1']:.2f}  ({record['epoch_seconds']:.1f}s, {record['img_per_s']:.0f} img/s)"
+  )
 
 
 @jax.jit
