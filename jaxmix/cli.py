@@ -14,6 +14,7 @@ import sys
 _COMMANDS = {
   "show": ("jaxmix.gallery", "write a PNG grid of every op applied to real images"),
   "train": ("jaxmix.training.loop", "train a classifier with a mixing method (PatchUp main.py flags)"),
+  "seed": ("jaxmix.dialects", "run a seed repository's command line verbatim: jaxmix seed patchup|puzzlemix|ipmix ..."),
   "eval": ("jaxmix.evaluation.cli", "evaluate a checkpoint: clean, FGSM, deformed, corruptions, calibration"),
 }
 

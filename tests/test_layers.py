@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmix"
 
 # Rank of each module: a module may import jaxmix modules of its own rank or lower only.
 # ops (pure JAX) < evaluation (metrics, attacks, test sets, protocols) < training < commands.
-TOP = {"jaxmix", "jaxmix.cli", "jaxmix.gallery", "jaxmix.evaluation.cli"}
+TOP = {"jaxmix", "jaxmix.cli", "jaxmix.gallery", "jaxmix.dialects", "jaxmix.evaluation.cli"}
 FORBIDDEN_IN_OPS = ("flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "PIL")
 
 

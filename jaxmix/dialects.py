@@ -1,0 +1,402 @@
+"""``jaxmix seed patchup|puzzlemix|ipmix ...``: the seed repositories' command lines, verbatim.
+
+Each dialect is the official script's argument parser (its flags, spellings and
+defaults: PatchUp's and Puzzle Mix's ``main.py``, IPMix's ``cifar.py``) and a translation
+of the parsed flags into a ``TrainConfig`` that trains what the official code trains.
+Flags that concern only the original's hardware or bookkeeping are accepted and reported
+as ignored; a flag the script does not have is an error naming it; a value jaxmix cannot
+train (a model it lacks, dropout) is an error saying so. ``--print_config`` prints the
+resolved configuration; the jaxmix-only flags ``--max_steps_per_epoch``,
+``--max_eval_examples``, ``--num_devices`` and ``--compilation_cache`` may be appended
+for short runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Callable, NamedTuple, Sequence
+
+from jaxmix.training import config as jconfig
+from jaxmix.training import loop, step
+from jaxmix.training.registry import parse_bool
+
+__all__ = ("DIALECTS", "Dialect", "cli_main", "parse")
+
+_SITES = ("input", "conv1", "layer1", "layer2", "layer3")
+
+
+class Dialect(NamedTuple):
+  """A seed script: its parser, the translation, and its flags that jaxmix ignores."""
+
+  script: str
+  parser: Callable[[], argparse.ArgumentParser]
+  to_config: Callable[[argparse.Namespace], jconfig.TrainConfig]
+  ignored: tuple
+
+
+def _unsupported(script: str, flag: str, why: str):
+  raise ValueError(f"{script} {flag}: {why}")
+
+
+# ----------------------------------------------------------------------------
+# PatchUp main.py
+
+
+def _patchup_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxmix seed patchup", description="PatchUp's main.py flags (python main.py -> jaxmix seed patchup).")
+  a = p.add_argument
+  a("--dataset", default="cifar10", choices=["cifar10", "cifar100", "svhn"])
+  a("--data_dir", default="cifar10")
+  a("--root_dir", default="experiments")
+  a("--labels_per_class", type=int, default=5000)
+  a("--valid_labels_per_class", type=int, default=0)
+  a("--arch", default="preactresnet18", choices=["preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2"])
+  a("--epochs", type=int, default=400)
+  a("--train", default="vanilla", choices=["vanilla", "mixup", "manifold_mixup", "cutout", "patchup", "cutmix", "dropblock"])
+  a("--alpha", type=float, default=0.0)
+  a("--cutout", type=int, default=8)
+  a("--drop_block", type=int, default=7)
+  a("--drop_block_all", nargs="?", const="True", default="False")  # the README also writes it bare
+  a("--k", type=int, default=2)
+  a("--keep_prob", type=float, default=0.9)
+  a("--gamma", type=float, default=0.9)
+  a("--patchup_block", type=int, default=7)
+  a("--patchup_prob", type=float, default=0.7)
+  a("--patchup_type", default="soft", choices=["soft", "hard"])
+  a("--cutmix_prob", type=float, default=0.5)
+  a("--dropout", action="store_true")
+  a("--batch_size", type=int, default=100)
+  a("--learning_rate", type=float, default=0.1)
+  a("--momentum", type=float, default=0.9)
+  a("--data_aug", type=int, default=1)
+  a("--decay", type=float, default=0.0001)
+  a("--schedule", type=int, nargs="+", default=[150, 225])
+  a("--step_factors", type=float, nargs="+", default=[0.1, 0.1])
+  a("--print_freq", type=int, default=100)
+  a("--resume", default="")
+  a("--start_epoch", type=int, default=0)
+  a("--evaluate", action="store_true")
+  a("--ngpu", type=int, default=1)
+  a("--workers", type=int, default=2)
+  a("--manualSeed", type=int, default=None)
+  a("--add_name", default="")
+  a("--job_id", default="")
+  a("--checkpoint", nargs="?", const="True", default="False")  # the README also writes it bare
+  a("--affine_test", nargs="?", const="True", default="False")  # the README also writes it bare
+  a("--affine_path", default="../../data/affine/")
+  a("--fsgm_attack", nargs="?", const="True", default="False")  # the README also writes it bare
+  a("--loss_params", type=int, nargs="+", default=[1, 1])
+  return p
+
+
+def _patchup_config(args: argparse.Namespace) -> jconfig.TrainConfig:
+  script = "main.py (PatchUp)"
+  if args.dropout:
+    _unsupported(script, "--dropout", "the jaxmix models have no dropout layer.")
+  if list(args.loss_params) != [1, 1]:
+    _unsupported(script, "--loss_params", "only the README's [1, 1] (the collapsed PatchUp loss) is implemented.")
+  if args.evaluate:
+    _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
+  if not 1 <= args.k <= 4:
+    _unsupported(script, "--k", f"must be in 1..4 for the jaxmix models, got {args.k}.")
+  method, hparams = args.train, {}
+  if method == "mixup":
+    hparams = {"alpha": args.alpha}
+  elif method == "manifold_mixup":  # its models' k: mix at layer_mix in {0..k}: input, conv1, layer1, ...
+    hparams = {"alpha": args.alpha, "sites": _SITES[: args.k + 1]}
+  elif method == "cutout":  # one hole for the batch (modules/cutout.py on the batch tensor)
+    hparams = {"size": args.cutout, "shared": True}
+  elif method == "cutmix":  # CutMix(beta=1.) whatever --alpha says
+    hparams = {"alpha": 1.0, "prob": args.cutmix_prob}
+  elif method == "patchup":
+    hparams = {
+      "mode": args.patchup_type,
+      "block_size": args.patchup_block,
+      "gamma": args.gamma,
+      "prob": args.patchup_prob,
+      "sites": _SITES[: args.k + 1],
+      "wrn_target_bug": args.arch.startswith("wrn"),  # the official WideResNet's layer-0 target
+    }
+  elif method == "dropblock":
+    hparams = {
+      "block_size": args.drop_block,
+      "keep_prob": args.keep_prob,
+      "drop_block_all": parse_bool(args.drop_block_all),
+      "sites": _SITES[1 : args.k + 1],
+    }
+  svhn = args.dataset == "svhn"
+  return jconfig.TrainConfig(
+    dataset="svhn_cropped" if svhn else args.dataset,
+    data_dir=args.data_dir,
+    root_dir=args.root_dir,
+    job_id=args.job_id,
+    labels_per_class=args.labels_per_class,
+    valid_labels_per_class=args.valid_labels_per_class,
+    arch=args.arch,
+    train=method,
+    hparams=hparams,
+    loss="bce",
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    learning_rate=args.learning_rate,
+    momentum=args.momentum,
+    decay=args.decay,
+    lr_schedule="step",
+    schedule=tuple(args.schedule),
+    step_factors=tuple(args.step_factors),
+    crop_padding=2 if args.data_aug else 0,
+    flip=bool(args.data_aug) and not svhn,  # its SVHN loader crops without flipping
+    seed=0 if args.manualSeed is None else args.manualSeed,
+    print_freq=args.print_freq,
+    affine_test=parse_bool(args.affine_test),
+    affine_path=args.affine_path,
+    fsgm_attack=parse_bool(args.fsgm_attack),
+  )
+
+
+# ----------------------------------------------------------------------------
+# Puzzle Mix main.py
+
+
+def _puzzlemix_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="jaxmix seed puzzlemix", description="Puzzle Mix's main.py flags (python main.py -> jaxmix seed puzzlemix)."
+  )
+  a = p.add_argument
+  a("--dataset", default="cifar10", choices=["cifar10", "cifar100", "tiny-imagenet-200"])
+  a("--data_dir", default="cifar10")
+  a("--root_dir", default="experiments")
+  a("--labels_per_class", type=int, default=5000)
+  a("--valid_labels_per_class", type=int, default=0)
+  a("--arch", default="wrn28_10", choices=["preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2"])
+  a("--initial_channels", type=int, default=64, choices=(16, 64))
+  a("--epochs", type=int, default=300)
+  a("--train", default="vanilla", choices=["vanilla", "mixup", "mixup_hidden"])
+  a("--in_batch", type=parse_bool, default=False)
+  a("--mixup_alpha", type=float, default=None)
+  a("--dropout", type=parse_bool, default=False)
+  a("--box", type=parse_bool, default=False)
+  a("--graph", type=parse_bool, default=False)
+  a("--neigh_size", type=int, default=4)
+  a("--n_labels", type=int, default=3)
+  a("--beta", type=float, default=1.2)
+  a("--gamma", type=float, default=0.5)
+  a("--eta", type=float, default=0.2)
+  a("--transport", type=parse_bool, default=True)
+  a("--t_eps", type=float, default=0.8)
+  a("--t_size", type=int, default=-1)
+  a("--adv_eps", type=float, default=10.0)
+  a("--adv_p", type=float, default=0.0)
+  a("--clean_lam", type=float, default=0.0)
+  a("--mp", type=int, default=8)
+  a("--batch_size", type=int, default=100)
+  a("--learning_rate", type=float, default=0.1)
+  a("--momentum", type=float, default=0.9)
+  a("--decay", type=float, default=0.0001)
+  a("--schedule", type=int, nargs="+", default=[150, 225])
+  a("--gammas", type=float, nargs="+", default=[0.1, 0.1])
+  a("--print_freq", type=int, default=100)
+  a("--resume", default="")
+  a("--start_epoch", type=int, default=0)
+  a("--evaluate", action="store_true")
+  a("--ngpu", type=int, default=1)
+  a("--workers", type=int, default=2)
+  a("--seed", type=int, default=0)
+  a("--add_name", default="")
+  a("--log_off", type=parse_bool, default=False)
+  a("--job_id", default="")
+  return p
+
+
+def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
+  script = "main.py (Puzzle Mix)"
+  if args.dropout:
+    _unsupported(script, "--dropout", "the jaxmix models have no dropout layer.")
+  if args.evaluate:
+    _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
+  if args.train != "vanilla" and args.mixup_alpha is None:
+    _unsupported(script, "--mixup_alpha", f"--train {args.train} needs it (the official code reads it as None otherwise).")
+  method, hparams = "vanilla", {}
+  if args.train == "mixup" and args.graph:
+    method = "puzzlemix"
+    names = ("neigh_size", "n_labels", "beta", "gamma", "eta", "transport", "t_eps", "t_size", "adv_p", "adv_eps")
+    hparams = {"alpha": args.mixup_alpha, **{n: getattr(args, n) for n in names}}
+  elif args.train == "mixup" and args.box:  # CutMix on every batch
+    method, hparams = "cutmix", {"alpha": args.mixup_alpha, "prob": 1.0, "per_sample": args.in_batch}
+  elif args.train == "mixup":
+    method, hparams = "mixup", {"alpha": args.mixup_alpha, "per_sample": args.in_batch}
+  elif args.train == "mixup_hidden":  # its models: k in {0, 1, 2}: input, after layer1, after layer2
+    method, hparams = "manifold_mixup", {"alpha": args.mixup_alpha, "sites": ("input", "layer1", "layer2")}
+  tiny = args.dataset == "tiny-imagenet-200"
+  model_kwargs = {"widths": [16, 32, 64, 128]} if args.initial_channels == 16 and args.arch.startswith("preact") else {}
+  return jconfig.TrainConfig(
+    dataset=args.dataset,
+    data_dir=args.data_dir,
+    root_dir=args.root_dir,
+    job_id=args.job_id,
+    labels_per_class=args.labels_per_class,
+    valid_labels_per_class=args.valid_labels_per_class,
+    arch=args.arch,
+    model_kwargs=model_kwargs,
+    train=method,
+    hparams=hparams,
+    loss="bce",
+    clean_lam=args.clean_lam,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    learning_rate=args.learning_rate,
+    momentum=args.momentum,
+    decay=args.decay,
+    lr_schedule="step",
+    schedule=tuple(args.schedule),
+    step_factors=tuple(args.gammas),
+    crop_padding=4 if tiny else 2,
+    seed=args.seed,
+    print_freq=args.print_freq,
+  )
+
+
+# ----------------------------------------------------------------------------
+# IPMix cifar.py
+
+
+def _ipmix_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxmix seed ipmix", description="IPMix's cifar.py flags (python cifar.py -> jaxmix seed ipmix).")
+  a = p.add_argument
+  a("--dataset", default="cifar100", choices=["cifar10", "cifar100"])
+  a("--data-path", dest="data_path", required=True)
+  a("--mixing-set", dest="mixing_set", required=True)
+  a("--model", "-m", default="wrn", choices=["wrn", "resnext", "resnet", "densenet"])
+  a("--epochs", "-e", type=int, default=100)
+  a("--learning-rate", "-lr", dest="learning_rate", type=float, default=0.1)
+  a("--batch-size", "-b", dest="batch_size", type=int, default=128)
+  a("--eval-batch-size", dest="eval_batch_size", type=int, default=1000)
+  a("--momentum", type=float, default=0.9)
+  a("--decay", "-wd", type=float, default=0.0005)
+  a("--layers", type=int, default=40)
+  a("--widen-factor", dest="widen_factor", type=int, default=4)
+  a("--droprate", type=float, default=0.3)
+  a("--k", type=int, default=3)
+  a("--t", type=int, default=3)
+  a("--no-jsd", "-nj", dest="no_jsd", action="store_true")
+  a("--beta", type=int, default=3)
+  a("--aug-severity", dest="aug_severity", type=int, default=3)
+  a("--save", "-s", default="./result")
+  a("--resume", "-r", default="")
+  a("--evaluate", action="store_true")
+  a("--print-freq", dest="print_freq", type=int, default=50)
+  a("--num-workers", dest="num_workers", type=int, default=4)
+  return p
+
+
+def _ipmix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
+  script = "cifar.py (IPMix)"
+  if args.model != "wrn":
+    _unsupported(script, "--model", f"{args.model!r} is not a jaxmix model; 'wrn' (WRN-{args.layers}-{args.widen_factor}) is.")
+  if args.evaluate:
+    _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
+  return jconfig.TrainConfig(
+    dataset=args.dataset,
+    data_dir=args.data_path,
+    root_dir=args.save,
+    arch="wrn40_4",
+    model_kwargs={"depth": args.layers, "widen_factor": args.widen_factor},
+    train="ipmix",
+    hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity},
+    loss="ce",
+    jsd=not args.no_jsd,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    eval_batch_size=args.eval_batch_size,
+    learning_rate=args.learning_rate,
+    momentum=args.momentum,
+    nesterov=True,
+    decay=args.decay,
+    lr_schedule="cosine",
+    crop_padding=4,
+    print_freq=args.print_freq,
+  )
+
+
+DIALECTS = {
+  "patchup": Dialect("main.py", _patchup_parser, _patchup_config, ("ngpu", "workers", "add_name", "checkpoint", "resume", "start_epoch")),
+  "puzzlemix": Dialect(
+    "main.py", _puzzlemix_parser, _puzzlemix_config, ("mp", "ngpu", "workers", "add_name", "log_off", "resume", "start_epoch")
+  ),
+  "ipmix": Dialect("cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume")),
+}
+"""The dialects by repository name."""
+
+# What the jaxmix runs of a dialect do differently from the official script, reported with
+# the configuration (the deviations of each method are in docs/algorithms/).
+_NOTES = {
+  "ipmix": (
+    "--droprate: the jaxmix WideResNet has no dropout",
+    "--mixing-set: the pictures of the folder are not read; jaxmix mixes with its procedural fractals",
+    "normalisation: the CIFAR mean/std instead of the official 0.5/0.5",
+  ),
+  "puzzlemix": ("--box True: jaxmix's CutMix box rule (clovaai), not Puzzle Mix's own",),
+  "patchup": (),
+}
+
+
+def _extras() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(add_help=False)
+  p.add_argument("--print_config", action="store_true")
+  p.add_argument("--max_steps_per_epoch", type=int, default=0)
+  p.add_argument("--max_eval_examples", type=int, default=0)
+  p.add_argument("--num_devices", type=int, default=0)
+  p.add_argument("--compilation_cache", default=step.default_compilation_cache())
+  return p
+
+
+def parse(repo: str, argv: Sequence[str]) -> tuple[jconfig.TrainConfig, argparse.Namespace, list]:
+  """``(TrainConfig, jaxmix-only flags, notes)`` for an official command line of ``repo``.
+
+  Raises:
+    SystemExit: on a flag the official script does not have (argparse's message names it).
+    ValueError: on a value jaxmix cannot train.
+  """
+  dialect = DIALECTS[repo]
+  extras, rest = _extras().parse_known_args(list(argv))
+  args = dialect.parser().parse_args(rest)
+  defaults = vars(dialect.parser().parse_args(["--data-path", "x", "--mixing-set", "x"] if repo == "ipmix" else []))
+  spell = (lambda n: n.replace("_", "-")) if repo == "ipmix" else (lambda n: n)  # noqa: E731
+  given = [name for name in dialect.ignored if getattr(args, name) != defaults[name]]
+  notes = [f"--{spell(name)} ignored (the original's hardware or bookkeeping)" for name in given] + list(_NOTES[repo])
+  cfg = dialect.to_config(args)
+  cfg = dataclasses.replace(
+    cfg, max_steps_per_epoch=extras.max_steps_per_epoch, max_eval_examples=extras.max_eval_examples, num_devices=extras.num_devices
+  )
+  return cfg, extras, notes
+
+
+def cli_main(argv: Sequence[str]) -> int:
+  """``jaxmix seed <repo> <the official script's flags> [--print_config]``."""
+  argv = list(argv)
+  if not argv or argv[0] not in DIALECTS:
+    known = ", ".join(f"{name} ({d.script})" for name, d in DIALECTS.items())
+    print(f"usage: jaxmix seed {{{','.join(DIALECTS)}}} <flags of the official script>\nknown: {known}", file=sys.stderr)
+    return 2
+  repo = argv[0]
+  try:
+    cfg, extras, notes = parse(repo, argv[1:])
+    jconfig.validate(cfg)
+  except ValueError as e:
+    print(f"jaxmix seed {repo}: error: {e}", file=sys.stderr)
+    return 2
+  for note in notes:
+    print(f"jaxmix seed {repo}: {note}", file=sys.stderr)
+  if extras.print_config:
+    print(json.dumps(jconfig.resolved_config(cfg), indent=2))
+    return 0
+  step.use_compilation_cache(extras.compilation_cache)
+  try:
+    loop.train(cfg)
+  except (ValueError, OSError) as e:
+    print(f"jaxmix seed {repo}: error: {e}", file=sys.stderr)
+    return 2
+  return 0

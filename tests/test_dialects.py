@@ -1,0 +1,151 @@
+"""``jaxmix seed``: the seed READMEs' command lines parse and resolve to what the official scripts train.
+
+The expected values are read in the official code (PatchUp's and Puzzle Mix's
+``main.py``, IPMix's ``cifar.py``), not produced by jaxmix.
+"""
+
+import json
+import shlex
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CIFAR_DIR
+
+import jaxmix
+from jaxmix import dialects
+
+PATCHUP_README = {
+  # PatchUp README, "PatchUp" soft (PreActResNet18 and WRN-28-10), "Manifold Mixup", "CutMix", "Cutout", "DropBlock", CIFAR-100 affine.
+  "patchup_soft": "--dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 "
+  "--valid_labels_per_class 500 --arch <X>  --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 "
+  "1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 "
+  "--gamma 0.75 --job_id <JobID>",
+  "manifold": "--dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 "
+  "--valid_labels_per_class 500 --arch <X>  --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 "
+  "1500 --step_factors 0.1 0.1 0.1 --train manifold_mixup --alpha 1.5 --job_id <JobID>",
+  "cutmix": "--dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 "
+  "--valid_labels_per_class 500 --arch <X>  --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 "
+  "1500 --step_factors 0.1 0.1 0.1 --train cutmix --cutmix_prob 0.4 --job_id <JobID>",
+  "cutout_wrn": "--dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 "
+  "--valid_labels_per_class 500 --arch wrn28_10  --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 "
+  "--step_factors 0.1 0.1 --train cutout --cutout 8 --job_id <JobID>",
+  "affine_wrn": "--dataset cifar100 --data_dir ./data/cifar100/ --affine_test --affine_path ./data/test/affine/  --root_dir "
+  "./experiments/patchup/soft/ --labels_per_class 500 --valid_labels_per_class 50 --arch wrn28_10  --learning_rate 0.1 --momentum 0.9 "
+  "--decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft "
+  "--patchup_block 7 --patchup_prob 1.0 --gamma 0.25 --job_id <JobID>",
+}
+
+PUZZLEMIX_README = {
+  "adv": "--dataset cifar100 --data_dir [data_path] --root_dir [save_path] --labels_per_class 500 --arch preactresnet18  "
+  "--learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 1200 --schedule 400 800 --gammas 0.1 0.1 --train mixup "
+  "--mixup_alpha 1.0 --graph True --n_labels 3 --eta 0.2 --beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_size 4 "
+  "--t_eps 0.8 --adv_p 0.1 --adv_eps 10.0",
+  "box": "--dataset cifar100 --data_dir [data_path] --root_dir [save_path] --labels_per_class 500 --arch preactresnet18  "
+  "--learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 1200 --schedule 400 800 --gammas 0.1 0.1 --train mixup "
+  "--mixup_alpha 1.0 --box True",
+  "hidden": "--dataset cifar100 --data_dir [data_path] --root_dir [save_path] --labels_per_class 500 --arch preactresnet18  "
+  "--learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 1200 --schedule 400 800 --gammas 0.1 0.1 --train mixup_hidden "
+  "--mixup_alpha 2.0",
+  "tiny": "--dataset tiny-imagenet-200 --data_dir [data_path] --root_dir [save_path] --labels_per_class 500 --arch preactresnet18  "
+  "--learning_rate 0.2 --momentum 0.9 --decay 0.0001 --epochs 1200 --schedule 600 900 --gammas 0.1 0.1 --train mixup "
+  "--mixup_alpha 1.0 --graph True --n_labels 3 --eta 0.2 --beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_eps 0.8 "
+  "--clean_lam 1",
+}
+
+IPMIX_README = "--dataset cifar100 --data-path ./data --mixing-set ./mixing_set --model wrn"
+
+
+def _parse(repo, line):
+  line = line.replace("<X>", "preactresnet18").replace("<JobID>", "j").replace("[data_path]", "d").replace("[save_path]", "r")
+  return dialects.parse(repo, shlex.split(line))
+
+
+def test_patchup_commands_train_what_its_main_py_trains():
+  cfg, _, _ = _parse("patchup", PATCHUP_README["patchup_soft"])
+  assert (cfg.train, cfg.loss, cfg.crop_padding, cfg.flip, cfg.epochs, cfg.schedule) == ("patchup", "bce", 2, True, 2000, (500, 1000, 1500))
+  assert cfg.hparams["sites"] == ("input", "conv1", "layer1") and cfg.hparams["wrn_target_bug"] is False  # layer_mix in {0..k=2}
+  assert (cfg.hparams["gamma"], cfg.hparams["prob"], cfg.valid_labels_per_class) == (0.75, 1.0, 500)
+  cfg, _, _ = _parse("patchup", PATCHUP_README["manifold"])
+  assert cfg.hparams == {"alpha": 1.5, "sites": ("input", "conv1", "layer1")}  # its models' k indexing, not {input, layer1, layer2}
+  cfg, _, _ = _parse("patchup", PATCHUP_README["cutmix"])
+  assert cfg.hparams == {"alpha": 1.0, "prob": 0.4}  # CutMix(beta=1.) whatever --alpha (default 0.0) says
+  cfg, _, _ = _parse("patchup", PATCHUP_README["cutout_wrn"])
+  assert cfg.hparams == {"size": 8, "shared": True}  # modules/cutout.py on the batch: one hole for all
+  cfg, _, _ = _parse("patchup", PATCHUP_README["affine_wrn"])
+  assert cfg.affine_test and cfg.hparams["wrn_target_bug"] and cfg.dataset == "cifar100" and cfg.hparams["gamma"] == 0.25
+
+
+def test_patchup_defaults_are_its_main_py_defaults():
+  cfg, _, _ = dialects.parse("patchup", ["--train", "dropblock"])
+  assert cfg.hparams == {"block_size": 7, "keep_prob": 0.9, "drop_block_all": False, "sites": ("conv1", "layer1")}
+  cfg, _, _ = dialects.parse("patchup", ["--train", "patchup"])
+  assert (cfg.hparams["gamma"], cfg.hparams["prob"]) == (0.9, 0.7)  # main.py: --gamma .9 --patchup_prob .7
+  assert (cfg.labels_per_class, cfg.epochs, cfg.batch_size, cfg.print_freq) == (5000, 400, 100, 100)
+  cfg, _, _ = dialects.parse("patchup", ["--dataset", "svhn", "--train", "cutout"])
+  assert (cfg.dataset, cfg.flip, cfg.hparams["size"]) == ("svhn_cropped", False, 8)
+
+
+def test_puzzlemix_commands_train_what_its_main_py_trains():
+  cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["adv"])
+  assert cfg.train == "puzzlemix" and cfg.step_factors == (0.1, 0.1) and cfg.schedule == (400, 800)
+  hp = cfg.hparams
+  assert (hp["alpha"], hp["t_size"], hp["adv_p"], hp["adv_eps"], hp["beta"], hp["n_labels"]) == (1.0, 4, 0.1, 10.0, 1.2, 3)
+  cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["box"])
+  assert (cfg.train, cfg.hparams["prob"]) == ("cutmix", 1.0)  # --box True: a box on every batch
+  cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["hidden"])
+  assert cfg.train == "manifold_mixup" and cfg.hparams == {"alpha": 2.0, "sites": ("input", "layer1", "layer2")}
+  cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["tiny"])
+  assert (cfg.dataset, cfg.clean_lam, cfg.learning_rate, cfg.hparams["t_size"]) == ("tiny-imagenet-200", 1.0, 0.2, -1)
+  assert cfg.loss == "bce" and cfg.arch == "preactresnet18"
+
+
+def test_ipmix_command_trains_what_its_cifar_py_trains():
+  cfg, _, notes = dialects.parse("ipmix", shlex.split(IPMIX_README))
+  assert (cfg.jsd, cfg.loss, cfg.lr_schedule, cfg.nesterov, cfg.crop_padding) == (True, "ce", "cosine", True, 4)
+  assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.decay, cfg.eval_batch_size) == (100, 128, 0.1, 5e-4, 1000)
+  assert cfg.arch == "wrn40_4" and cfg.model_kwargs == {"depth": 40, "widen_factor": 4}
+  assert cfg.hparams == {"k": 3, "depth": 3, "beta": 3.0, "severity": 3} and cfg.data_dir == "./data"
+  assert any("droprate" in n for n in notes) and any("mixing-set" in n for n in notes)
+  cfg, _, _ = dialects.parse("ipmix", shlex.split(IPMIX_README) + ["--no-jsd", "-e", "5", "--k", "2"])
+  assert (cfg.jsd, cfg.epochs, cfg.hparams["k"]) == (False, 5, 2)
+
+
+def test_unknown_flags_unsupported_values_and_ignored_flags(capsys):
+  with pytest.raises(SystemExit):
+    dialects.parse("puzzlemix", ["--train", "mixup", "--mixup_alpha", "1", "--graph_cut", "True"])
+  assert "--graph_cut" in capsys.readouterr().err
+  assert dialects.cli_main(["ipmix", *shlex.split(IPMIX_README), "--model", "resnext"]) == 2
+  assert "resnext" in capsys.readouterr().err
+  assert dialects.cli_main(["patchup", "--dropout"]) == 2
+  assert "dropout" in capsys.readouterr().err
+  assert dialects.cli_main(["puzzlemix", "--workers", "8", "--mp", "4", "--print_config"]) == 0
+  captured = capsys.readouterr()
+  assert "--workers ignored" in captured.err and "--mp ignored" in captured.err
+  assert json.loads(captured.out)["train"] == "vanilla"
+  assert dialects.cli_main(["timm"]) == 2
+
+
+def test_patchup_manifold_sites_mix_after_conv1():
+  """With PatchUp's sites, layer index 1 mixes the features after conv1 and nothing else."""
+  y = jaxmix.one_hot(jnp.arange(4), 4)
+  mix_fn, carry = jaxmix.hidden_mix(jax.random.key(0), y, method="manifold_mixup", sites=("input", "conv1", "layer1"), layer=1, lam=0.25)
+  h = jnp.arange(4 * 2 * 2 * 1, dtype=jnp.float32).reshape(4, 2, 2, 1)
+  same, _ = mix_fn("input", h, carry)
+  mixed, _ = mix_fn("conv1", h, carry)
+  np.testing.assert_array_equal(same, h)
+  np.testing.assert_allclose(mixed, 0.25 * h + 0.75 * h[carry.perm], rtol=1e-6)
+  unchanged, _ = mix_fn("layer2", h, carry)
+  np.testing.assert_array_equal(unchanged, h)
+
+
+@pytest.mark.slow
+def test_a_patchup_command_trains_through_the_dialect(tmp_path):
+  line = PATCHUP_README["cutmix"].replace("./data/cifar10/", CIFAR_DIR).replace("./experiments/manifold/", str(tmp_path))
+  line = line.replace("--labels_per_class 5000 --valid_labels_per_class 500", "--labels_per_class 4 --valid_labels_per_class 1")
+  line = line.replace("--epochs 2000", "--epochs 1").replace("<X>", "preactresnet18").replace("<JobID>", "smoke")
+  argv = shlex.split(line) + ["--batch_size", "20", "--max_steps_per_epoch", "1", "--max_eval_examples", "20", "--num_devices", "2"]
+  assert dialects.cli_main(["patchup", *argv]) == 0
+  summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
+  assert summary["method"] == "cutmix" and summary["hparams"]["prob"] == 0.4
