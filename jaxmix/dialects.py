@@ -225,9 +225,9 @@ def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     names = ("neigh_size", "n_labels", "beta", "gamma", "eta", "transport", "t_eps", "t_size", "adv_p", "adv_eps")
     hparams = {"alpha": args.mixup_alpha, **{n: getattr(args, n) for n in names}}
   elif args.train == "mixup" and args.box:  # CutMix on every batch
-    method, hparams = "cutmix", {"alpha": args.mixup_alpha, "prob": 1.0, "per_sample": args.in_batch}
+    method, hparams = "cutmix", {"alpha": args.mixup_alpha, "prob": 1.0, "box_rule": "puzzlemix"}
   elif args.train == "mixup":
-    method, hparams = "mixup", {"alpha": args.mixup_alpha, "per_sample": args.in_batch}
+    method, hparams = "mixup", {"alpha": args.mixup_alpha}
   elif args.train == "mixup_hidden":  # its models: k in {0, 1, 2}: input, after layer1, after layer2
     method, hparams = "manifold_mixup", {"alpha": args.mixup_alpha, "sites": ("input", "layer1", "layer2")}
   tiny = args.dataset == "tiny-imagenet-200"
@@ -324,7 +324,7 @@ def _ipmix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
 DIALECTS = {
   "patchup": Dialect("main.py", _patchup_parser, _patchup_config, ("ngpu", "workers", "add_name", "checkpoint", "resume", "start_epoch")),
   "puzzlemix": Dialect(
-    "main.py", _puzzlemix_parser, _puzzlemix_config, ("mp", "ngpu", "workers", "add_name", "log_off", "resume", "start_epoch")
+    "main.py", _puzzlemix_parser, _puzzlemix_config, ("mp", "ngpu", "workers", "add_name", "log_off", "resume", "start_epoch", "in_batch")
   ),
   "ipmix": Dialect("cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume")),
 }
@@ -338,7 +338,7 @@ _NOTES = {
     "--mixing-set: the pictures of the folder are not read; jaxmix mixes with its procedural fractals",
     "normalisation: the CIFAR mean/std instead of the official 0.5/0.5",
   ),
-  "puzzlemix": ("--box True: jaxmix's CutMix box rule (clovaai), not Puzzle Mix's own",),
+  "puzzlemix": (),
   "patchup": (),
 }
 

@@ -93,7 +93,7 @@ def test_puzzlemix_commands_train_what_its_main_py_trains():
   hp = cfg.hparams
   assert (hp["alpha"], hp["t_size"], hp["adv_p"], hp["adv_eps"], hp["beta"], hp["n_labels"]) == (1.0, 4, 0.1, 10.0, 1.2, 3)
   cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["box"])
-  assert (cfg.train, cfg.hparams["prob"]) == ("cutmix", 1.0)  # --box True: a box on every batch
+  assert cfg.train == "cutmix" and cfg.hparams == {"alpha": 1.0, "prob": 1.0, "box_rule": "puzzlemix"}  # its mixup_box, every batch
   cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["hidden"])
   assert cfg.train == "manifold_mixup" and cfg.hparams == {"alpha": 2.0, "sites": ("input", "layer1", "layer2")}
   cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["tiny"])
@@ -149,3 +149,23 @@ def test_a_patchup_command_trains_through_the_dialect(tmp_path):
   assert dialects.cli_main(["patchup", *argv]) == 0
   summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
   assert summary["method"] == "cutmix" and summary["hparams"]["prob"] == 0.4
+
+
+def test_puzzlemix_box_rule_known_answers():
+  """Its mixup_box: continuous centre, float side s = side sqrt(1 - lam), edges int(clip(c -+ s / 2))."""
+  x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3))
+  y = jaxmix.one_hot(jnp.arange(4), 4)
+  lam = 1 - (5.5 / 16) ** 2  # s = 5.5: an unclipped box spans 5 or 6 rows (clovaai: always 4)
+  rows, clovaai = set(), set()
+  for seed in range(40):
+    res = jaxmix.cutmix(jax.random.key(seed), x, y, lam=lam, box_rule="puzzlemix")
+    pasted = np.asarray(res.mask[0]) < 0.5
+    assert (np.asarray(res.mask) == np.asarray(res.mask[0])).all()  # one box for the batch
+    np.testing.assert_allclose(res.lam, 1 - pasted.mean(), rtol=1e-6)
+    rows.add(int(pasted.any(axis=1).sum()))
+    ref = jaxmix.cutmix(jax.random.key(seed), x, y, lam=lam)
+    clovaai.add(int((np.asarray(ref.mask[0]) < 0.5).any(axis=1).sum()))
+  assert {5, 6} <= rows and max(rows) == 6
+  assert max(clovaai) == 4
+  with pytest.raises(ValueError, match="box_rule"):
+    jaxmix.cutmix(jax.random.key(0), x, y, box_rule="timm")

@@ -151,18 +151,25 @@ def mixup(
   return _skip_unless(words, prob, result, images, labels)
 
 
-def cutmix_box(key, lam: Array, height: int, width: int) -> tuple[Array, Array, Array, Array]:
-  """The clovaai CutMix box for a given lam (scalar or ``[B]``).
+BOX_RULES = ("clovaai", "puzzlemix")
 
-  ``cut = floor(side * sqrt(1 - lam))``, an integer centre uniform over the image and
-  ``[c - cut // 2, c + cut // 2)`` clipped to the image (so the unclipped box side
-  is ``2 * (cut // 2)``, the official quirk).
+
+def cutmix_box(key, lam: Array, height: int, width: int, rule: str = "clovaai") -> tuple[Array, Array, Array, Array]:
+  """The CutMix box for a given lam (scalar or ``[B]``).
+
+  ``rule="clovaai"`` (the official CutMix code): ``cut = floor(side * sqrt(1 - lam))``,
+  an integer centre uniform over the image and ``[c - cut // 2, c + cut // 2)`` clipped
+  to the image (so the unclipped box side is ``2 * (cut // 2)``, the official quirk).
+  ``rule="puzzlemix"`` (Puzzle Mix's ``mixup_box``, its ``--box True`` baseline): a
+  continuous centre ``c ~ U(0, side)``, a float side ``s = side * sqrt(1 - lam)`` and the
+  edges ``int(clip(c -+ s / 2, 0, side))``.
 
   Args:
     key: PRNG key, or a ``core.Words`` to take the two centre draws from.
     lam: nominal lam, scalar or ``[B]``.
     height: H.
     width: W.
+    rule: ``"clovaai"`` or ``"puzzlemix"``.
 
   Returns:
     ``(y1, y2, x1, x2)`` int32 arrays shaped like ``lam``.
@@ -170,6 +177,11 @@ def cutmix_box(key, lam: Array, height: int, width: int) -> tuple[Array, Array, 
   lam = jnp.asarray(lam, jnp.float32)
   words = key if isinstance(key, core.Words) else core.Words(key, 2 * lam.size)
   rho = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
+  if rule == "puzzlemix":
+    cy, cx = words.uniform(lam.shape) * height, words.uniform(lam.shape) * width
+    edge = lambda c, s, side: jnp.floor(jnp.clip(c + s, 0.0, side)).astype(jnp.int32)  # noqa: E731
+    rh, rw = height * rho / 2, width * rho / 2
+    return edge(cy, -rh, height), edge(cy, rh, height), edge(cx, -rw, width), edge(cx, rw, width)
   half_h = jnp.floor(height * rho).astype(jnp.int32) // 2
   half_w = jnp.floor(width * rho).astype(jnp.int32) // 2
   cy = words.randint(lam.shape, 0, height)
@@ -193,6 +205,7 @@ def cutmix(
   perm=None,
   prob: float = 1.0,
   pairing: str = "permutation",
+  box_rule: str = "clovaai",
 ) -> MixResult:
   """CutMix (Yun et al., ICCV 2019) with the official clovaai box rule.
 
@@ -221,6 +234,8 @@ def cutmix(
     prob: probability of mixing this batch (clovaai / PatchUp ``--cutmix_prob``; the
       papers' CIFAR default is 0.5, the function's default 1.0 always mixes).
     pairing: ``"permutation"`` (official) or ``"roll"``.
+    box_rule: ``"clovaai"`` (default) or ``"puzzlemix"`` (Puzzle Mix's own CutMix
+      baseline; see :func:`cutmix_box`).
 
   Returns:
     A ``MixResult`` with ``lam`` the exact kept-area fraction and ``mask``
@@ -238,11 +253,13 @@ def cutmix(
   core.check_nonneg("alpha", alpha)
   core.check_prob("prob", prob)
   _check_pairing(pairing)
+  if box_rule not in BOX_RULES:
+    raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}.")
   draws = dict(alpha=alpha, per_sample=per_sample, lam=lam, perm=perm, pairing=pairing)
   boxes = batch if per_sample or (lam is not None and jnp.shape(lam) == (batch,)) else 1
   words = core.Words(key, _pair_words(batch, prob=prob, extra=2 * boxes, **draws))
   lam, perm = _pair_draws(words, batch, **draws)
-  y1, y2, x1, x2 = cutmix_box(words, lam, height, width)
+  y1, y2, x1, x2 = cutmix_box(words, lam, height, width, box_rule)
   lam_adj = _kept_fraction((y2 - y1) * (x2 - x1), height, width)
   lam_adj = jnp.broadcast_to(lam_adj, (batch,))
   inside = jnp.broadcast_to(_box_mask(height, width, y1, y2, x1, x2), (batch, height, width))

@@ -81,6 +81,7 @@ HPARAM_FLAGS: Mapping[str, HparamFlag] = types.MappingProxyType(
   {
     "alpha": HparamFlag(float, "Beta concentration (mixup, manifold_mixup, cutmix, puzzlemix)"),
     "cutmix_prob": HparamFlag(float, "CutMix probability"),
+    "cutmix_box_rule": HparamFlag(str, "CutMix box rule (Puzzle Mix's --box baseline: puzzlemix)", choices=("clovaai", "puzzlemix")),
     "cutout": HparamFlag(int, "Cutout hole size"),
     "patchup_type": HparamFlag(str, "PatchUp mode", choices=("soft", "hard")),
     "patchup_block": HparamFlag(int, "PatchUp block size"),
@@ -160,7 +161,7 @@ def _entries():
     "input",
     {"alpha": 1.0, "prob": 0.5},
     "Yun et al., CutMix, ICCV 2019",
-    flags={"alpha": "alpha", "cutmix_prob": "prob"},
+    flags={"alpha": "alpha", "cutmix_prob": "prob", "cutmix_box_rule": "box_rule"},
   )
   yield Method(
     "cutout",
