@@ -305,7 +305,7 @@ def _ipmix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     arch="wrn40_4",
     model_kwargs={"depth": args.layers, "widen_factor": args.widen_factor},
     train="ipmix",
-    hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity},
+    hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity, "overflow": "wrap"},
     loss="ce",
     jsd=not args.no_jsd,
     epochs=args.epochs,

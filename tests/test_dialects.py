@@ -106,7 +106,7 @@ def test_ipmix_command_trains_what_its_cifar_py_trains():
   assert (cfg.jsd, cfg.loss, cfg.lr_schedule, cfg.nesterov, cfg.crop_padding) == (True, "ce", "cosine", True, 4)
   assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.decay, cfg.eval_batch_size) == (100, 128, 0.1, 5e-4, 1000)
   assert cfg.arch == "wrn40_4" and cfg.model_kwargs == {"depth": 40, "widen_factor": 4}
-  assert cfg.hparams == {"k": 3, "depth": 3, "beta": 3.0, "severity": 3} and cfg.data_dir == "./data"
+  assert cfg.hparams == {"k": 3, "depth": 3, "beta": 3.0, "severity": 3, "overflow": "wrap"} and cfg.data_dir == "./data"
   assert any("droprate" in n for n in notes) and any("mixing-set" in n for n in notes)
   cfg, _, _ = dialects.parse("ipmix", shlex.split(IPMIX_README) + ["--no-jsd", "-e", "5", "--k", "2"])
   assert (cfg.jsd, cfg.epochs, cfg.hparams["k"]) == (False, 5, 2)

@@ -286,3 +286,15 @@ def test_bad_inputs_raise():
     jaxmix.ipmix(jax.random.key(0), LEVELS, Y, mixing_set=MIXING_SET)
   with pytest.raises(ValueError, match="n_views"):
     jaxmix.ipmix_views(jax.random.key(0), X, n_views=0, mixing_set=MIXING_SET)
+
+
+def test_overflow_wrap_is_the_official_uint8_cast():
+  """``mul(255).byte()`` of an out-of-range value: truncate, modulo 256 (256 -> 0, -3 -> 253)."""
+  values = jnp.array([256 / 255, -3 / 255, 0.5, 1.0, 300.4 / 255])
+  np.testing.assert_allclose(ipmix_module._quantize(values, "wrap") * 255, [0, 253, 127, 255, 44], atol=1e-4)
+  np.testing.assert_allclose(ipmix_module._quantize(values, "clip") * 255, [255, 0, 127, 255, 255], atol=1e-4)
+  clip = jaxmix.ipmix(jax.random.key(5), X, Y, mixing_set=MIXING_SET, beta=8.0, overflow="clip").images
+  wrap = jaxmix.ipmix(jax.random.key(5), X, Y, mixing_set=MIXING_SET, beta=8.0, overflow="wrap").images
+  assert clip.shape == wrap.shape and not np.allclose(clip, wrap)  # same draws, other levels where values overflow
+  with pytest.raises(ValueError, match="overflow"):
+    jaxmix.ipmix(jax.random.key(5), X, Y, mixing_set=MIXING_SET, overflow="saturate")

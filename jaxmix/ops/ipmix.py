@@ -119,7 +119,12 @@ def _hash_uniform(seeds: Array, shape: tuple[int, ...]) -> Array:
   return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 
-def _quantize(values: Array) -> Array:
+OVERFLOWS = ("clip", "wrap")
+"""How ``add`` / ``multiply`` values outside ``[0, 1]`` become uint8 levels: ``"clip"``
+(jaxmix's default, as PixMix) or ``"wrap"`` (the official code's cast: truncate, modulo 256)."""
+
+
+def _quantize(values: Array, overflow: str = "clip") -> Array:
   """A mixed patch back to uint8 levels, as the official ``ToPILImage`` (``mul(255).byte()``).
 
   QUIRK decision (docs/algorithms/ipmix.md#pixel-mixing-ops): the official code casts ``add`` /
@@ -129,8 +134,11 @@ def _quantize(values: Array) -> Array:
   and then truncates like ``.byte()``. The truncation allows ``1e-3`` of a level of
   float32 rounding noise, so that ``add`` with ``(a, b) = (1, 0)`` (which in float32
   returns ``k / 255`` minus an ulp for about a quarter of the levels, dropping a
-  level in the official code) is the identity.
+  level in the official code) is the identity. ``overflow="wrap"`` reproduces the
+  official cast instead: ``trunc(255 v)`` modulo 256, so 256 becomes 0 and -3 becomes 253.
   """
+  if overflow == "wrap":
+    return jnp.mod(jnp.trunc(values * 255.0 + jnp.where(values >= 0, _QUANT_EPS, -_QUANT_EPS)), 256.0) / 255.0
   return jnp.floor(jnp.clip(values, 0.0, 1.0) * 255.0 + _QUANT_EPS) / 255.0
 
 
@@ -153,7 +161,7 @@ def _to_uniform(words: Array) -> Array:
   return (words >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 
-def _patch_step(u: Array, seeds: Array, x: Array, g: Array, patch_sizes: tuple[int, ...], beta: float) -> Array:
+def _patch_step(u: Array, seeds: Array, x: Array, g: Array, patch_sizes: tuple[int, ...], beta: float, overflow: str = "clip") -> Array:
   """``patch_mixing(x, g, P, op, beta)`` per image, ``P ~ U(patch_sizes)``, ``op ~ U(MIXING_OPS)``.
 
   ``x``, ``g``: ``[..., H, W, C]``; ``u``: ``[..., 11]`` uniforms (size, left, top,
@@ -184,10 +192,10 @@ def _patch_step(u: Array, seeds: Array, x: Array, g: Array, patch_sizes: tuple[i
     [mix_add(x, g, a, b), mix_multiply(x, g, a, b), _random_pixels(noise, x, g, tau)],
     _random_elems(noise, x, g, tau),
   )
-  return jnp.where(inside, _quantize(mixed), x)
+  return jnp.where(inside, _quantize(mixed, overflow), x)
 
 
-def _chains(words: Array, is_img: Array, depth_drawn: Array, start: Array, g: Array, *, severity, patch_sizes, beta) -> Array:
+def _chains(words: Array, is_img: Array, depth_drawn: Array, start: Array, g: Array, *, severity, patch_sizes, beta, overflow) -> Array:
   """Runs all chains: ``start`` ``[B, k, H, W, C]``, ``words`` ``[depth, B, k, _STEP_WORDS]``.
 
   A chain of drawn depth ``d`` applies steps ``0..d-1`` of a fixed ``depth``-step
@@ -207,7 +215,7 @@ def _chains(words: Array, is_img: Array, depth_drawn: Array, start: Array, g: Ar
   def patch_step(images, inputs):
     index, step_words = inputs
     u = _to_uniform(step_words[..., 3:_STEP_UNIFORMS])
-    out = _patch_step(u, step_words[..., _STEP_UNIFORMS:], images, g, patch_sizes, beta)
+    out = _patch_step(u, step_words[..., _STEP_UNIFORMS:], images, g, patch_sizes, beta, overflow)
     return jnp.where(e(index < depth_drawn), out, images), None
 
   img, _ = jax.lax.scan(img_step, start, steps)
@@ -225,6 +233,7 @@ def ipmix_from_pictures(
   beta: float = 3.0,
   severity: float = 3,
   patch_sizes: Optional[Sequence[int]] = None,
+  overflow: str = "clip",
   m=None,
   chain_depth=None,
 ) -> Array:
@@ -245,7 +254,7 @@ def ipmix_from_pictures(
   core.check_key(key)
   batch, height, width, channels = core.check_images(images)
   patch_sizes = default_patch_sizes(height, width) if patch_sizes is None else patch_sizes
-  _check_hparams(k, depth, beta, severity, patch_sizes, height, width)
+  _check_hparams(k, depth, beta, severity, patch_sizes, height, width, overflow)
   if jnp.shape(pictures) != (batch, height, width, channels):
     raise ValueError(f"pictures must have the images' shape {(batch, height, width, channels)}, got {jnp.shape(pictures)}.")
   key_scalars, key_steps = jax.random.split(key)
@@ -275,7 +284,7 @@ def ipmix_from_pictures(
     words = jax.random.bits(key_steps, (depth, batch, k, _STEP_WORDS), jnp.uint32)
     g = jnp.asarray(pictures, jnp.float32)[:, None]
     patch_sizes = tuple(int(p) for p in patch_sizes)
-    start = _chains(words, is_img, chain_depth, start, g, severity=severity, patch_sizes=patch_sizes, beta=float(beta))
+    start = _chains(words, is_img, chain_depth, start, g, severity=severity, patch_sizes=patch_sizes, beta=float(beta), overflow=overflow)
   mixed = jnp.einsum("bk,bkhwc->bhwc", ws, start)
   w = m[:, None, None, None]
   return jnp.clip((1.0 - w) * x + w * mixed, 0.0, 1.0).astype(images.dtype)
@@ -340,7 +349,9 @@ def default_patch_sizes(height: int, width: int) -> tuple[int, ...]:
   return tuple(p for p in DEFAULT_PATCH_SIZES if p <= min(height, width)) or (2,)
 
 
-def _check_hparams(k, depth, beta, severity, patch_sizes, height: int, width: int) -> None:
+def _check_hparams(k, depth, beta, severity, patch_sizes, height: int, width: int, overflow: str = "clip") -> None:
+  if overflow not in OVERFLOWS:
+    raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}.")
   if not isinstance(k, numbers.Integral) or k < 1:
     raise ValueError(f"k must be an int >= 1, got {k!r}.")
   if not isinstance(depth, numbers.Integral) or depth < 0:
@@ -368,6 +379,7 @@ def ipmix(
   beta: float = 3.0,
   severity: float = 3,
   patch_sizes: Optional[Sequence[int]] = None,
+  overflow: str = "clip",
   mixing_index=None,
   m=None,
   chain_depth=None,
@@ -416,6 +428,8 @@ def ipmix(
     patch_sizes: patch sides, each in ``[2, min(H, W)]``; ``None`` (default) takes
       those of the official CIFAR ``(4, 8, 16, 32)`` that fit the shorter image side,
       so the defaults work on any image of at least 4 pixels a side.
+    overflow: ``"clip"`` (default) or ``"wrap"`` (the official uint8 cast) for ``add``
+      / ``multiply`` values outside ``[0, 1]``; see ``OVERFLOWS``.
     mixing_index: optional ``[B]`` int override of the mixing-picture indices.
     m: optional scalar or ``[B]`` override of the skip weight ``m``.
     chain_depth: optional int, ``[B]`` or ``[B, k]`` override of the chain depths
@@ -437,11 +451,21 @@ def ipmix(
   batch, height, width, channels = core.check_images(images)
   core.check_labels(labels, batch)
   patch_sizes = default_patch_sizes(height, width) if patch_sizes is None else patch_sizes
-  _check_hparams(k, depth, beta, severity, patch_sizes, height, width)
+  _check_hparams(k, depth, beta, severity, patch_sizes, height, width, overflow)
   key_pictures, key_mix = jax.random.split(key)
   pictures = mixing_pictures(key_pictures, mixing_set, batch, height, width, channels, mixing_index=mixing_index)
   out = ipmix_from_pictures(
-    key_mix, images, pictures, k=k, depth=depth, beta=beta, severity=severity, patch_sizes=patch_sizes, m=m, chain_depth=chain_depth
+    key_mix,
+    images,
+    pictures,
+    k=k,
+    depth=depth,
+    beta=beta,
+    severity=severity,
+    patch_sizes=patch_sizes,
+    m=m,
+    chain_depth=chain_depth,
+    overflow=overflow,
   )
   return core.identity_result(out, labels)
 
@@ -457,6 +481,7 @@ def ipmix_views(
   beta: float = 3.0,
   severity: float = 3,
   patch_sizes: Optional[Sequence[int]] = None,
+  overflow: str = "clip",
   mixing_index=None,
 ) -> Array:
   """Independent IPMix views of a batch that share each sample's mixing picture.
@@ -486,11 +511,13 @@ def ipmix_views(
   if not isinstance(n_views, numbers.Integral) or n_views < 1:
     raise ValueError(f"n_views must be an int >= 1, got {n_views!r}.")
   patch_sizes = default_patch_sizes(height, width) if patch_sizes is None else patch_sizes
-  _check_hparams(k, depth, beta, severity, patch_sizes, height, width)
+  _check_hparams(k, depth, beta, severity, patch_sizes, height, width, overflow)
   key_pictures, key_views = jax.random.split(key)
   pictures = mixing_pictures(key_pictures, mixing_set, batch, height, width, channels, mixing_index=mixing_index)
   views = [
-    ipmix_from_pictures(view_key, images, pictures, k=k, depth=depth, beta=beta, severity=severity, patch_sizes=patch_sizes)
+    ipmix_from_pictures(
+      view_key, images, pictures, k=k, depth=depth, beta=beta, severity=severity, patch_sizes=patch_sizes, overflow=overflow
+    )
     for view_key in jax.random.split(key_views, n_views)
   ]
   return jnp.stack(views)

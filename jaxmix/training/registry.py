@@ -107,6 +107,7 @@ HPARAM_FLAGS: Mapping[str, HparamFlag] = types.MappingProxyType(
     "ipmix_depth": HparamFlag(int, "IPMix chain depth"),
     "ipmix_beta": HparamFlag(float, "IPMix Beta/Dirichlet concentration"),
     "aug_severity": HparamFlag(int, "IPMix augmentation severity"),
+    "ipmix_overflow": HparamFlag(str, "IPMix add/multiply overflow: clip, or wrap as the official uint8 cast", choices=("clip", "wrap")),
     "mm_sites": HparamFlag(
       str,
       "Manifold Mixup sites (Manifold Mixup code: input layer1 layer2; PatchUp code: input conv1 layer1)",
@@ -216,7 +217,7 @@ def _entries():
     {"k": 3, "depth": 3, "beta": 3.0, "severity": 3},
     "Huang et al., IPMix, NeurIPS 2023",
     pixel_space=True,
-    flags={"ipmix_k": "k", "ipmix_depth": "depth", "ipmix_beta": "beta", "aug_severity": "severity"},
+    flags={"ipmix_k": "k", "ipmix_depth": "depth", "ipmix_beta": "beta", "aug_severity": "severity", "ipmix_overflow": "overflow"},
     recipe={
       # The official cifar.py: JSD on, cross-entropy, RandomCrop(32, padding=4) + flip,
       # WRN-40-4, SGD Nesterov 0.1, wd 5e-4, batch 128, 100 epochs, per-step cosine.
