@@ -19,7 +19,7 @@ Sections (all on real CIFAR-10 test images, saliency from the input gradients of
 3. ``transport``: the plan of ``_transport_plan`` against the dense official rule
    (numpy, float32) on the solver's masks, the ``inexact`` flag rate, and the
    masked cost against ``scipy.optimize.linear_sum_assignment``.
-4. ``step``: train-step time of ``jaxmix.train_step`` for ``puzzlemix`` over
+4. ``step``: train-step time of ``jaxmix.training.step`` for ``puzzlemix`` over
    ``vanilla`` (batch 64, 32x32, ``preactresnet_small``, one CPU device).
 
 Usage:
