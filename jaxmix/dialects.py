@@ -42,19 +42,70 @@ def _unsupported(script: str, flag: str, why: str):
 
 
 # ----------------------------------------------------------------------------
+# What PatchUp's and Puzzle Mix's main.py share (both grew from Manifold Mixup's)
+
+
+def _lineage_flags(p: argparse.ArgumentParser, *, datasets: list, arch: str, epochs: int, factors: str) -> None:
+  """The flags both ``main.py`` have, with their common defaults; ``factors`` names the lr-factor flag."""
+  a = p.add_argument
+  a("--dataset", default="cifar10", choices=datasets)
+  a("--data_dir", default="cifar10")
+  a("--root_dir", default="experiments")
+  a("--labels_per_class", type=int, default=5000)
+  a("--valid_labels_per_class", type=int, default=0)
+  a("--arch", default=arch, choices=["preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2"])
+  a("--epochs", type=int, default=epochs)
+  a("--batch_size", type=int, default=100)
+  a("--learning_rate", type=float, default=0.1)
+  a("--momentum", type=float, default=0.9)
+  a("--decay", type=float, default=0.0001)
+  a("--schedule", type=int, nargs="+", default=[150, 225])
+  a(f"--{factors}", type=float, nargs="+", default=[0.1, 0.1])
+  a("--print_freq", type=int, default=100)
+  a("--resume", default="")
+  a("--start_epoch", type=int, default=0)
+  a("--evaluate", action="store_true")
+  a("--ngpu", type=int, default=1)
+  a("--workers", type=int, default=2)
+  a("--add_name", default="")
+  a("--job_id", default="")
+
+
+def _lineage_config(args: argparse.Namespace, script: str, *, step_factors, **fields) -> jconfig.TrainConfig:
+  """The ``TrainConfig`` of the flags both ``main.py`` share (BCE on softmax, step schedule), plus ``fields``."""
+  if args.dropout:
+    _unsupported(script, "--dropout", "the jaxmix models have no dropout layer.")
+  if args.evaluate:
+    _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
+  return jconfig.TrainConfig(
+    data_dir=args.data_dir,
+    root_dir=args.root_dir,
+    job_id=args.job_id,
+    labels_per_class=args.labels_per_class,
+    valid_labels_per_class=args.valid_labels_per_class,
+    arch=args.arch,
+    loss="bce",
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    learning_rate=args.learning_rate,
+    momentum=args.momentum,
+    decay=args.decay,
+    lr_schedule="step",
+    schedule=tuple(args.schedule),
+    step_factors=tuple(step_factors),
+    print_freq=args.print_freq,
+    **fields,
+  )
+
+
+# ----------------------------------------------------------------------------
 # PatchUp main.py
 
 
 def _patchup_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxmix seed patchup", description="PatchUp's main.py flags (python main.py -> jaxmix seed patchup).")
+  _lineage_flags(p, datasets=["cifar10", "cifar100", "svhn"], arch="preactresnet18", epochs=400, factors="step_factors")
   a = p.add_argument
-  a("--dataset", default="cifar10", choices=["cifar10", "cifar100", "svhn"])
-  a("--data_dir", default="cifar10")
-  a("--root_dir", default="experiments")
-  a("--labels_per_class", type=int, default=5000)
-  a("--valid_labels_per_class", type=int, default=0)
-  a("--arch", default="preactresnet18", choices=["preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2"])
-  a("--epochs", type=int, default=400)
   a("--train", default="vanilla", choices=["vanilla", "mixup", "manifold_mixup", "cutout", "patchup", "cutmix", "dropblock"])
   a("--alpha", type=float, default=0.0)
   a("--cutout", type=int, default=8)
@@ -68,22 +119,8 @@ def _patchup_parser() -> argparse.ArgumentParser:
   a("--patchup_type", default="soft", choices=["soft", "hard"])
   a("--cutmix_prob", type=float, default=0.5)
   a("--dropout", action="store_true")
-  a("--batch_size", type=int, default=100)
-  a("--learning_rate", type=float, default=0.1)
-  a("--momentum", type=float, default=0.9)
   a("--data_aug", type=int, default=1)
-  a("--decay", type=float, default=0.0001)
-  a("--schedule", type=int, nargs="+", default=[150, 225])
-  a("--step_factors", type=float, nargs="+", default=[0.1, 0.1])
-  a("--print_freq", type=int, default=100)
-  a("--resume", default="")
-  a("--start_epoch", type=int, default=0)
-  a("--evaluate", action="store_true")
-  a("--ngpu", type=int, default=1)
-  a("--workers", type=int, default=2)
   a("--manualSeed", type=int, default=None)
-  a("--add_name", default="")
-  a("--job_id", default="")
   a("--checkpoint", nargs="?", const="True", default="False")  # the README also writes it bare
   a("--affine_test", nargs="?", const="True", default="False")  # the README also writes it bare
   a("--affine_path", default="../../data/affine/")
@@ -94,12 +131,8 @@ def _patchup_parser() -> argparse.ArgumentParser:
 
 def _patchup_config(args: argparse.Namespace) -> jconfig.TrainConfig:
   script = "main.py (PatchUp)"
-  if args.dropout:
-    _unsupported(script, "--dropout", "the jaxmix models have no dropout layer.")
   if list(args.loss_params) != [1, 1]:
     _unsupported(script, "--loss_params", "only the README's [1, 1] (the collapsed PatchUp loss) is implemented.")
-  if args.evaluate:
-    _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
   if not 1 <= args.k <= 4:
     _unsupported(script, "--k", f"must be in 1..4 for the jaxmix models, got {args.k}.")
   method, hparams = args.train, {}
@@ -128,29 +161,16 @@ def _patchup_config(args: argparse.Namespace) -> jconfig.TrainConfig:
       "sites": _SITES[1 : args.k + 1],
     }
   svhn = args.dataset == "svhn"
-  return jconfig.TrainConfig(
+  return _lineage_config(
+    args,
+    script,
+    step_factors=args.step_factors,
     dataset="svhn_cropped" if svhn else args.dataset,
-    data_dir=args.data_dir,
-    root_dir=args.root_dir,
-    job_id=args.job_id,
-    labels_per_class=args.labels_per_class,
-    valid_labels_per_class=args.valid_labels_per_class,
-    arch=args.arch,
     train=method,
     hparams=hparams,
-    loss="bce",
-    epochs=args.epochs,
-    batch_size=args.batch_size,
-    learning_rate=args.learning_rate,
-    momentum=args.momentum,
-    decay=args.decay,
-    lr_schedule="step",
-    schedule=tuple(args.schedule),
-    step_factors=tuple(args.step_factors),
     crop_padding=2 if args.data_aug else 0,
     flip=bool(args.data_aug) and not svhn,  # its SVHN loader crops without flipping
     seed=0 if args.manualSeed is None else args.manualSeed,
-    print_freq=args.print_freq,
     affine_test=parse_bool(args.affine_test),
     affine_path=args.affine_path,
     fsgm_attack=parse_bool(args.fsgm_attack),
@@ -162,18 +182,10 @@ def _patchup_config(args: argparse.Namespace) -> jconfig.TrainConfig:
 
 
 def _puzzlemix_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="jaxmix seed puzzlemix", description="Puzzle Mix's main.py flags (python main.py -> jaxmix seed puzzlemix)."
-  )
+  p = argparse.ArgumentParser(prog="jaxmix seed puzzlemix", description="Puzzle Mix's main.py flags (main.py -> jaxmix seed puzzlemix).")
+  _lineage_flags(p, datasets=["cifar10", "cifar100", "tiny-imagenet-200"], arch="wrn28_10", epochs=300, factors="gammas")
   a = p.add_argument
-  a("--dataset", default="cifar10", choices=["cifar10", "cifar100", "tiny-imagenet-200"])
-  a("--data_dir", default="cifar10")
-  a("--root_dir", default="experiments")
-  a("--labels_per_class", type=int, default=5000)
-  a("--valid_labels_per_class", type=int, default=0)
-  a("--arch", default="wrn28_10", choices=["preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2"])
   a("--initial_channels", type=int, default=64, choices=(16, 64))
-  a("--epochs", type=int, default=300)
   a("--train", default="vanilla", choices=["vanilla", "mixup", "mixup_hidden"])
   a("--in_batch", type=parse_bool, default=False)
   a("--mixup_alpha", type=float, default=None)
@@ -192,31 +204,13 @@ def _puzzlemix_parser() -> argparse.ArgumentParser:
   a("--adv_p", type=float, default=0.0)
   a("--clean_lam", type=float, default=0.0)
   a("--mp", type=int, default=8)
-  a("--batch_size", type=int, default=100)
-  a("--learning_rate", type=float, default=0.1)
-  a("--momentum", type=float, default=0.9)
-  a("--decay", type=float, default=0.0001)
-  a("--schedule", type=int, nargs="+", default=[150, 225])
-  a("--gammas", type=float, nargs="+", default=[0.1, 0.1])
-  a("--print_freq", type=int, default=100)
-  a("--resume", default="")
-  a("--start_epoch", type=int, default=0)
-  a("--evaluate", action="store_true")
-  a("--ngpu", type=int, default=1)
-  a("--workers", type=int, default=2)
   a("--seed", type=int, default=0)
-  a("--add_name", default="")
   a("--log_off", type=parse_bool, default=False)
-  a("--job_id", default="")
   return p
 
 
 def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
   script = "main.py (Puzzle Mix)"
-  if args.dropout:
-    _unsupported(script, "--dropout", "the jaxmix models have no dropout layer.")
-  if args.evaluate:
-    _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
   if args.train != "vanilla" and args.mixup_alpha is None:
     _unsupported(script, "--mixup_alpha", f"--train {args.train} needs it (the official code reads it as None otherwise).")
   method, hparams = "vanilla", {}
@@ -232,30 +226,17 @@ def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     method, hparams = "manifold_mixup", {"alpha": args.mixup_alpha, "sites": ("input", "layer1", "layer2")}
   tiny = args.dataset == "tiny-imagenet-200"
   model_kwargs = {"widths": [16, 32, 64, 128]} if args.initial_channels == 16 and args.arch.startswith("preact") else {}
-  return jconfig.TrainConfig(
+  return _lineage_config(
+    args,
+    script,
+    step_factors=args.gammas,
     dataset=args.dataset,
-    data_dir=args.data_dir,
-    root_dir=args.root_dir,
-    job_id=args.job_id,
-    labels_per_class=args.labels_per_class,
-    valid_labels_per_class=args.valid_labels_per_class,
-    arch=args.arch,
     model_kwargs=model_kwargs,
     train=method,
     hparams=hparams,
-    loss="bce",
     clean_lam=args.clean_lam,
-    epochs=args.epochs,
-    batch_size=args.batch_size,
-    learning_rate=args.learning_rate,
-    momentum=args.momentum,
-    decay=args.decay,
-    lr_schedule="step",
-    schedule=tuple(args.schedule),
-    step_factors=tuple(args.gammas),
     crop_padding=4 if tiny else 2,
     seed=args.seed,
-    print_freq=args.print_freq,
   )
 
 

@@ -222,8 +222,7 @@ _UNSET = object()
 
 def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
   """The destinations that ``argv`` sets explicitly (not by a default)."""
-  dests = vars(parser.parse_args([])) if "--config" not in argv else vars(parser.parse_known_args(list(argv))[0])
-  namespace = argparse.Namespace(**dict.fromkeys(dests, _UNSET))
+  namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), _UNSET))
   parsed = vars(parser.parse_known_args(list(argv), namespace=namespace)[0])
   return {dest for dest, value in parsed.items() if value is not _UNSET}
 

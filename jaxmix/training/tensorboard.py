@@ -115,10 +115,9 @@ def _drop_after(logdir: str, step: int) -> None:
   from tensorboardX.event_file_writer import EventFileWriter
 
   files = _event_files(logdir)
-  if not files:
-    return
-  kept = [e for path in files for e in _events(path) if not e.summary.value or e.step <= step]
-  if len(kept) == sum(1 for path in files for _ in _events(path)):
+  events = [e for path in files for e in _events(path)]
+  kept = [e for e in events if not e.summary.value or e.step <= step]
+  if len(kept) == len(events):  # nothing after ``step`` (or no files): leave them as they are
     return
   writer = EventFileWriter(logdir, flush_secs=3600, filename_suffix=".resumed")
   for event in kept:
