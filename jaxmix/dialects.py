@@ -226,6 +226,12 @@ def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     method, hparams = "manifold_mixup", {"alpha": args.mixup_alpha, "sites": ("input", "layer1", "layer2")}
   tiny = args.dataset == "tiny-imagenet-200"
   model_kwargs = {"widths": [16, 32, 64, 128]} if args.initial_channels == 16 and args.arch.startswith("preact") else {}
+  if tiny:  # its main.py: stride-2 stem at 64x64, the whole training set, no validation split, test on val/
+    args.labels_per_class, args.valid_labels_per_class = None, 0
+    if args.arch == "preactresnet18" and not model_kwargs:
+      args.arch = "preactresnet18_64"
+    else:
+      model_kwargs["stem_stride"] = 2
   return _lineage_config(
     args,
     script,

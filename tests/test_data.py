@@ -142,7 +142,7 @@ def test_folder_layouts_and_cache(tmp_path, monkeypatch):
     raise AssertionError("decoded although cached")
 
   with monkeypatch.context() as m:
-    m.setattr(data, "_decode", no_decode)
+    m.setattr(data.sources, "decode", no_decode)
     cached = data.load("cifar10", str(root))
   np.testing.assert_array_equal(cached.train.images, ds.train.images)
   # Changing a source file invalidates its entry.
@@ -155,8 +155,8 @@ def test_folder_layouts_and_cache(tmp_path, monkeypatch):
 
 def test_errors_name_the_problem(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXMIX_CACHE_DIR", str(tmp_path / "cache"))
-  with pytest.raises(ValueError, match="cifar10, cifar100, svhn, svhn_cropped"):
-    data.load("imagenet", str(tmp_path))
+  with pytest.raises(ValueError, match="cifar10, cifar100, folder, imagenet, .*tfds:NAME"):
+    data.load("mnist", str(tmp_path))
   missing = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="nowhere"):
     data.load("cifar10", missing)
@@ -177,8 +177,15 @@ def test_errors_name_the_problem(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="10 class folders, but cifar100 has 100"):
     data.load("cifar100", str(root))
   (root / "train" / "c3" / "0.png").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-  with pytest.raises(ValueError, match="c3/0.png"):
+  # An undecodable file is skipped with a warning that counts and names it, on every load.
+  for _ in range(2):
+    with pytest.warns(UserWarning, match="skipped 1 of 10 files .*c3/0.png"):
+      assert len(data.load("cifar10", str(root)).train.labels) == 9
+  for f in (root / "test").rglob("*.png"):
+    f.write_bytes(b"not an image")
+  with pytest.raises(ValueError, match="none of its 10 images could be decoded"):
     data.load("cifar10", str(root))
+  _write_folder(str(root), n_per_class=1, size=4)
   (root / "train" / "c3" / "0.png").write_bytes(_png(np.zeros((5, 4, 3), np.uint8)))
   with pytest.raises(ValueError, match="shape"):
     data.load("cifar10", str(root))

@@ -98,7 +98,9 @@ def test_puzzlemix_commands_train_what_its_main_py_trains():
   assert cfg.train == "manifold_mixup" and cfg.hparams == {"alpha": 2.0, "sites": ("input", "layer1", "layer2")}
   cfg, _, _ = _parse("puzzlemix", PUZZLEMIX_README["tiny"])
   assert (cfg.dataset, cfg.clean_lam, cfg.learning_rate, cfg.hparams["t_size"]) == ("tiny-imagenet-200", 1.0, 0.2, -1)
-  assert cfg.loss == "bce" and cfg.arch == "preactresnet18"
+  # Its main.py at 64x64: a stride-2 stem, the whole training set, no validation split.
+  assert cfg.loss == "bce" and cfg.arch == "preactresnet18_64" and cfg.crop_padding == 4
+  assert cfg.labels_per_class is None and cfg.valid_labels_per_class == 0
 
 
 def test_ipmix_command_trains_what_its_cifar_py_trains():

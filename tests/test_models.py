@@ -44,6 +44,45 @@ def _wrn(depth, widen, k):
   return total + 2 * cin + cin * k + k
 
 
+def _bottleneck(cin, width, cout, stride, groups=1):
+  # torch Bottleneck: conv1x1 + BN, grouped conv3x3 + BN, conv1x1 + BN, projection (conv1x1 + BN); no conv biases.
+  n = cin * width + 2 * width + 9 * width * width // groups + 2 * width + width * cout + 2 * cout
+  return n + (cin * cout + 2 * cout if stride != 1 or cin != cout else 0)
+
+
+def _resnet50(k):
+  # torchvision resnet50: conv 7x7 (3 -> 64) + BN, stages (3, 4, 6, 3) of planes 64..512 (x4 out), fc 2048 -> k.
+  total, cin = 3 * 64 * 49 + 2 * 64, 64
+  for stage, (n, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512), strict=True)):
+    for j in range(n):
+      total += _bottleneck(cin, planes, 4 * planes, 2 if stage > 0 and j == 0 else 1)
+      cin = 4 * planes
+  return total + cin * k + k
+
+
+def _resnext29(k, cardinality=4, base_width=32):
+  # IPMix models/ResNeXt_DenseNet/models/resnext.py, resnext29(k) (cardinality 4, base width 32): conv 3x3 (3 -> 64)
+  # + BN, stages of 3 blocks, planes 64/128/256 (stride 1/2/2), D = floor(planes * bw / 64) * card, out 4 planes; fc 1024 -> k.
+  total, cin = 3 * 64 * 9 + 2 * 64, 64
+  for planes, stride in zip((64, 128, 256), (1, 2, 2), strict=True):
+    for j in range(3):
+      total += _bottleneck(cin, (planes * base_width // 64) * cardinality, 4 * planes, stride if j == 0 else 1, cardinality)
+      cin = 4 * planes
+  return total + cin * k + k
+
+
+def _ipmix_wrn(depth, widen, k):
+  # IPMix models/WideResNet_pytorch/wideresnet.py: bias-free convs, BN-ReLU-conv3x3, BN-ReLU-conv3x3, 1x1 projection
+  # (no bias) when the width changes; final BN, fc.
+  n = (depth - 4) // 6
+  total, cin = 3 * 16 * 9, 16
+  for w in (16 * widen, 32 * widen, 64 * widen):
+    for _ in range(n):
+      total += 2 * cin + 9 * cin * w + 2 * w + 9 * w * w + (cin * w if cin != w else 0)
+      cin = w
+  return total + 2 * cin + cin * k + k
+
+
 @pytest.mark.parametrize(
   "arch, k, published",
   [
@@ -55,15 +94,23 @@ def _wrn(depth, widen, k):
     ("resnet20v1", 10, 273_066),  # Keras summary, trainable params
     ("resnet29v2", 10, 843_786),  # Keras summary, trainable params
     ("preactresnet_small", 10, None),
+    ("resnet50", 1000, 25_557_032),  # torchvision's resnet50 (its published parameter count)
+    ("resnext29", 10, 6_807_882),  # IPMix's resnext29(10), counted with torch 2.13
+    ("resnext29", 100, 6_900_132),  # IPMix's resnext29(100), counted with torch 2.13
+    ("preactresnet18_64", 200, 11_268_616),  # Puzzle Mix's preactresnet18(200, stride=2), counted with torch 2.13
   ],
 )
 def test_param_counts(arch, k, published):
-  count = models.count_params(models.get_model(arch, k))
+  size = {"resnet50": 224, "preactresnet18_64": 64}.get(arch, 32)
+  count = models.count_params(models.get_model(arch, k), (1, size, size, 3))
   formula = {
     "preactresnet18": lambda: _preact((2, 2, 2, 2), k),
     "preactresnet34": lambda: _preact((3, 4, 6, 3), k),
     "wrn28_10": lambda: _wrn(28, 10, k),
     "preactresnet_small": lambda: _preact((1, 1, 1, 1), k, (16, 32, 64, 128)),
+    "resnet50": lambda: _resnet50(k),
+    "resnext29": lambda: _resnext29(k),
+    "preactresnet18_64": lambda: _preact((2, 2, 2, 2), k),
   }.get(arch)
   if formula is not None:
     assert count == formula()
@@ -73,11 +120,22 @@ def test_param_counts(arch, k, published):
     assert 100_000 < count < 1_000_000
 
 
+@pytest.mark.parametrize("k, ipmix", [(10, 8_949_210), (100, 8_972_340)])  # IPMix's WideResNet(40, k, 4), counted with torch 2.13
+def test_wrn40_4_against_ipmix_wideresnet(k, ipmix):
+  # Known deviation: wrn40_4 is the PatchUp-form WideResNet, whose convs have biases (stem 16, two per block,
+  # one per projection: 16 + 2 * 6 * (64 + 128 + 256) + (64 + 128 + 256) = 5,840); IPMix's convs have none
+  # (and its dropout 0.3 is left out).
+  assert _ipmix_wrn(40, 4, k) == ipmix
+  assert models.count_params(models.get_model("wrn40_4", k)) == ipmix + 5_840
+
+
 def test_unknown_arch_lists_names():
   with pytest.raises(ValueError, match="preactresnet18.*wrn28_10"):
-    models.get_model("resnet50", 10)
+    models.get_model("resnet51", 10)
   with pytest.raises(ValueError, match="num_classes"):
     models.get_model("preactresnet18", 0)
+  with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
+    models.get_model("preactresnet18", 10, dtype="float16")
 
 
 # ----------------------------------------------------------------------------
@@ -104,7 +162,7 @@ def test_sites_in_forward_order(arch):
   assert logits.shape == (2, 10)
   assert [s for s, _ in seen] == list(models.SITES)
   assert seen[0][1] == (2, 32, 32, 3)
-  assert seen[3][1][1:3] == (16, 16)  # layer2 halves the map
+  assert seen[3][1][1:3] == tuple(d // 2 for d in seen[2][1][1:3])  # layer2 halves the map
   assert carry.shape == ()
 
 
@@ -227,3 +285,27 @@ def test_stem_stride_two_for_64px_inputs():
   out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x, mix=record, carry=None))
   assert out[0].shape == (1, 200) and seen["conv1"] == (1, 32, 32, 64) and seen["layer3"] == (1, 8, 8, 256)
   assert models.count_params(model, (1, 64, 64, 3)) == _preact((2, 2, 2, 2), 200)
+  assert models.get_model("preactresnet18_64", 200) == model  # the registered Tiny-ImageNet model is this one
+
+
+def test_tiny_imagenet_and_imagenet_shapes():
+  x64 = jnp.zeros((2, 64, 64, 3))
+  model = models.get_model("preactresnet18_64", 200)
+  assert jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x64), x64)).shape == (2, 200)
+  seen = {}
+
+  def record(site, h, carry):
+    seen[site] = h.shape
+    return h, carry
+
+  x224 = jnp.zeros((1, 224, 224, 3))
+  model = models.get_model("resnet50", 1000)
+  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x224), x224, mix=record, carry=None))
+  assert out[0].shape == (1, 1000)
+  assert seen == {
+    "input": (1, 224, 224, 3),
+    "conv1": (1, 56, 56, 64),  # after the stride-2 stem and the stride-2 max-pool
+    "layer1": (1, 56, 56, 256),
+    "layer2": (1, 28, 28, 512),
+    "layer3": (1, 14, 14, 1024),
+  }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -74,22 +75,34 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
   Idempotent: a step that is already saved is left as it is (a resumed run that
   recomputes a step gets bit-identical state). The manifest (``<step>.manifest.json``
   beside the step's folder) is written after orbax has finished, so a step without one
-  is a save that a kill interrupted, or a checkpoint of an older jaxmix.
+  is a save that a kill interrupted, or a checkpoint of an older jaxmix. In a multi-host
+  run every process calls it (orbax writes the host arrays from process 0); process 0
+  writes the manifest and the others wait for it.
   """
   step = int(state.step)
   if step in manager.all_steps():
     return
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_host(state)), meta=ocp.args.JsonSave(meta)), force=True)
   manager.wait_until_finished()
-  digests = _digests(os.path.join(os.fspath(manager.directory), str(step)))
-  tmp = _manifest_path(manager, step) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"step": step, "sha256": digests}, f)
-  os.replace(tmp, _manifest_path(manager, step))
-  for name in os.listdir(manager.directory):  # manifests of steps orbax rotated out
-    stem = name.split(".")[0]
-    if name.endswith(".manifest.json") and stem.isdigit() and int(stem) not in manager.all_steps():
-      os.remove(os.path.join(manager.directory, name))
+  if jax.process_index() == 0:  # multi-host: every process saves (orbax), process 0 writes the manifest
+    digests = _digests(os.path.join(os.fspath(manager.directory), str(step)))
+    tmp = _manifest_path(manager, step) + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"step": step, "sha256": digests}, f)
+    os.replace(tmp, _manifest_path(manager, step))
+    for name in os.listdir(manager.directory):  # manifests of steps orbax rotated out
+      stem = name.split(".")[0]
+      if name.endswith(".manifest.json") and stem.isdigit() and int(stem) not in manager.all_steps():
+        os.remove(os.path.join(manager.directory, name))
+  _sync("manifest")
+
+
+_BARRIERS = itertools.count()
+
+
+def _sync(purpose: str) -> None:
+  """Waits for every process of a multi-host run (no-op on one); all call it in the same order."""
+  ocp.multihost.sync_global_processes(f"jaxmix-{purpose}-{next(_BARRIERS)}")
 
 
 def verify(manager: ocp.CheckpointManager, step: int) -> Optional[str]:
@@ -136,10 +149,13 @@ def restore(manager: ocp.CheckpointManager, template, *, set_aside: bool = False
     problems.append(f"{where}: {problem}")
     log(f"jaxmix: checkpoint {where} is damaged ({problem}); trying the next older one.")
     if set_aside:
-      os.replace(where, where + ".corrupt")
-      manifest = _manifest_path(manager, step)
-      if os.path.exists(manifest):
-        os.replace(manifest, manifest + ".corrupt")
+      _sync("checked")  # every process has read the step before process 0 moves it
+      if jax.process_index() == 0:
+        os.replace(where, where + ".corrupt")
+        manifest = _manifest_path(manager, step)
+        if os.path.exists(manifest):
+          os.replace(manifest, manifest + ".corrupt")
+      _sync("set-aside")
       manager.reload()
   raise FileNotFoundError(f"no intact checkpoint in {manager.directory}" + (": " + "; ".join(problems) if problems else " (it is empty)."))
 
@@ -217,11 +233,11 @@ def restore_for_eval(run_dir: str, *, ema: bool = False):
     raise FileNotFoundError(f"{run_dir} is not a jaxmix run directory (no config.json).")
   cfg = read_config(cfg_path)
   data = load_data(cfg)
-  model = models.get_model(cfg.arch, data.num_classes, **cfg.model_kwargs)
+  model = models.get_model(cfg.arch, data.num_classes, dtype=cfg.dtype, **cfg.model_kwargs)
   if ema and not cfg.ema_decay:
     raise ValueError(f"{run_dir} was trained without --ema_decay; it has no EMA weights.")
   key = jax.random.key(0)
-  template = ts.init_state(model, make_optimizer(cfg, 1), key, data.train.images.shape[1:], seed_key=key, ema=cfg.ema_decay > 0)
+  template = ts.init_state(model, make_optimizer(cfg, 1), key, data.test.images.shape[1:], seed_key=key, ema=cfg.ema_decay > 0)
   problems = []
   for sub in ("best", "checkpoints"):
     path = os.path.join(run_dir, sub)

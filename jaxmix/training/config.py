@@ -61,8 +61,20 @@ def _field(default, help: str, *, flags: tuple = (), choices=None, cli: bool = T
 class TrainConfig:
   """Everything that defines a run (saved as ``config.json`` in the run directory)."""
 
-  dataset: str = _field("cifar10", "cifar10, cifar100 or svhn (tfds names, or offline with --data_dir)")
-  data_dir: Optional[str] = _field(None, "tfds data dir, or a local class-folder directory / zip (e.g. ~/data/cifar10)")
+  dataset: str = _field(
+    "cifar10",
+    "cifar10, cifar100, svhn, tiny-imagenet-200, imagenet2012, folder (any class folders) or tfds:NAME "
+    "(tfds names, or offline with --data_dir)",
+  )
+  data_dir: Optional[str] = _field(
+    None, "tfds data dir, a local class-folder directory / zip (e.g. ~/data/cifar10), or Tiny-ImageNet's unpacked folder"
+  )
+  image_size: int = _field(0, "resize (shorter side) and centre-crop images to this size (0: the data set's, or the files' own size)")
+  augment: str = _field(
+    "",
+    "crop_flip (pad-and-crop + flip) or inception (ImageNet's random-resized crop + flip); default: the data set's recipe",
+    choices=("", "crop_flip", "inception"),
+  )
   download: bool = _field(False, "let tfds download a data set that --data_dir (or the tfds default) does not hold; needs network")
   root_dir: str = _field("experiments", "folder where run directories are created")
   job_id: str = _field("", "name of the run directory (default: derived from dataset/arch/method/seed)")
@@ -70,6 +82,11 @@ class TrainConfig:
   valid_labels_per_class: int = _field(0, "held-out validation examples per class")
   arch: str = _field("preactresnet18", "model architecture", choices=models.ARCHS)
   model_kwargs: dict = _field({}, "JSON kwargs of the model, e.g. '{\"widths\": [16, 32, 64, 128]}'")
+  dtype: str = _field(
+    "float32",
+    "compute dtype of the convolutions and matmuls; bfloat16 = mixed precision (float32 parameters, BatchNorm, logits and loss)",
+    choices=models.DTYPES,
+  )
   train: str = _field("vanilla", "mixing method", choices=tuple(sorted(METHODS)))
   hparams: dict = _field({}, "the method's hyper-parameters (set through the method flags)", cli=False)
   loss: str = _field(
@@ -177,9 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
     default=ts.default_compilation_cache(),
     help="persistent XLA compilation cache directory ('off' to disable; default $JAXMIX_COMPILATION_CACHE or ~/.cache/jaxmix/xla)",
   )
-  p.add_argument(
-    "--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first (each host reads its slice)"
+  multi = p.add_argument_group(
+    "multi-host (process settings, not saved in config.json: every process, and a 1-process run, have the same run configuration)"
   )
+  multi.add_argument(
+    "--distributed",
+    action="store_true",
+    help="multi-host: call jax.distributed.initialize() first; each process reads its slice of every batch, process 0 "
+    "writes the logs. Without the three flags below JAX finds the processes itself: on Cloud TPU, under Slurm "
+    "(SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID), Open MPI (OMPI_MCA_orte_hnp_uri, "
+    "OMPI_COMM_WORLD_SIZE / _RANK / _LOCAL_RANK) or a Kubernetes indexed job; JAX_COORDINATOR_ADDRESS / "
+    "JAX_COORDINATOR_PORT override the coordinator it finds",
+  )
+  multi.add_argument(
+    "--coordinator_address",
+    default=None,
+    metavar="HOST:PORT",
+    help="multi-host: process 0's address and a free port (implies --distributed; give all three flags)",
+  )
+  multi.add_argument("--num_processes", type=int, default=None, metavar="N", help="multi-host: the number of processes")
+  multi.add_argument("--process_id", type=int, default=None, metavar="I", help="multi-host: this process's index in [0, N)")
   users = {flag: sorted(m.name for m in METHODS.values() if flag in m.flags) for flag in HPARAM_FLAGS}
   for flag, spec in HPARAM_FLAGS.items():
     kw = {"type": spec.type, "default": None, "help": f"{spec.help} [{', '.join(users[flag])}]"}
@@ -318,7 +352,7 @@ def validate(cfg: TrainConfig) -> None:
     _int_at_least(cfg, name, 1)
   for name in ("valid_labels_per_class", "crop_padding", "num_devices", "mix_group_size", "save_every_steps", "mixup_off_epoch"):
     _int_at_least(cfg, name, 0)
-  for name in ("max_steps_per_epoch", "max_eval_examples"):
+  for name in ("max_steps_per_epoch", "max_eval_examples", "image_size"):
     _int_at_least(cfg, name, 0)
   if cfg.labels_per_class is not None:
     _int_at_least(cfg, "labels_per_class", 1)
@@ -332,6 +366,7 @@ def validate(cfg: TrainConfig) -> None:
   get_method(cfg.train)
   for name, value, choices in (
     ("arch", cfg.arch, models.ARCHS),
+    ("dtype", cfg.dtype, models.DTYPES),
     ("loss", cfg.loss, LOSSES),
     ("optimizer", cfg.optimizer, ("sgd", "adam")),
     ("lr_schedule", cfg.lr_schedule, ("step", "cosine")),
@@ -342,6 +377,8 @@ def validate(cfg: TrainConfig) -> None:
     raise ValueError(f"--schedule {list(cfg.schedule)} and --step_factors {list(cfg.step_factors)} must have the same length.")
   if not isinstance(cfg.model_kwargs, dict):
     _fail("model_kwargs", cfg.model_kwargs, "a JSON object of the model's fields, e.g. '{\"widths\": [16, 32, 64, 128]}'")
+  if "dtype" in cfg.model_kwargs:
+    raise ValueError("--model_kwargs: set the compute dtype with --dtype.")
   fields = models.model_fields(cfg.arch)
   unknown = sorted(set(cfg.model_kwargs) - set(fields))
   if unknown:
@@ -420,6 +457,8 @@ def load_data(cfg: TrainConfig) -> Any:
     valid_labels_per_class=cfg.valid_labels_per_class,
     seed=cfg.seed,
     download=cfg.download,
+    image_size=cfg.image_size or None,
+    augment=cfg.augment or None,
   )
   n = cfg.max_eval_examples
   if n:

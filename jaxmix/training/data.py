@@ -1,38 +1,45 @@
-"""Input pipelines: CIFAR-10/100 and SVHN from tfds or from a local class-folder zip/dir.
+"""Input pipelines: CIFAR, SVHN, Tiny-ImageNet, ImageNet, any class folder or tfds data set.
 
-The host side does per-example work only (decode, random crop with zero padding,
-horizontal flip) and keeps images ``uint8``; normalisation runs on device inside the
-train step (``jaxmix.normalize``). The pipeline is deterministic: the shuffle order of an epoch
+Every split is decoded once into an on-disk, memory-mapped cache
+(``jaxmix.training.sources``), so host memory is bounded by the batch, not the data
+set, and local folders and zips need no TensorFlow (Pillow decodes). The host side does
+per-example work only (gather, random crop with zero padding or ImageNet's
+random-resized crop, horizontal flip) in numpy, in background threads, and keeps
+images ``uint8``; normalisation runs on device inside the train step
+(``jaxmix.normalize``). The pipeline is deterministic: the shuffle order of an epoch
 and every example's crop and flip depend only on ``(seed, epoch, position in the
 epoch)``, so ``train_batches(..., start_step=s)`` yields exactly the batches an
-uninterrupted epoch yields from step ``s`` on (exact resume after preemption).
+uninterrupted epoch yields from step ``s`` on (exact resume after preemption), and on
+several hosts each host reads only its slice of every global batch.
 
 Recipes (docs/algorithms/recipes.md): the PatchUp / Manifold Mixup / Puzzle Mix lineage uses
-``crop_padding=2`` with a flip (SVHN: no flip); Input Mixup, CutMix, Cutout and IPMix
-use ``crop_padding=4``; the Keras notebooks use neither (``crop_padding=0,
-flip=False``) and subtract the per-pixel mean image (``pixel_mean``).
+``crop_padding=2`` with a flip (SVHN: no flip); Input Mixup, CutMix, Cutout, IPMix and
+Puzzle Mix's Tiny-ImageNet use ``crop_padding=4``; the Keras notebooks use neither
+(``crop_padding=0, flip=False``) and subtract the per-pixel mean image
+(``pixel_mean``); ImageNet uses the random-resized crop (``augment="inception"``).
 
-TensorFlow and tfds are imported lazily, only by the functions that need them, and are
-told never to use an accelerator: ``import jaxmix`` stays TensorFlow-free.
+TensorFlow and tfds are imported lazily, only to read a tfds data set, and are told
+never to use an accelerator: ``import jaxmix`` stays TensorFlow-free.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
+import concurrent.futures
 import itertools
-import json
+import math
 import os
-import zipfile
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 
 from jaxmix.evaluation.protocols import spread_indices
 from jaxmix.ops.core import check_int, normalize
+from jaxmix.training import sources
 
 __all__ = (
+  "AUGMENTS",
   "Datasets",
   "Split",
   "eval_batches",
@@ -45,16 +52,17 @@ __all__ = (
   "train_batches",
 )
 
-_CACHE_FORMAT = 1
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-_SPLITS = ("train", "test")
+AUGMENTS = ("crop_flip", "inception")
+"""Training augmentations: pad-and-crop + flip, or ImageNet's random-resized crop + flip."""
+
+_CROP_PCT = 0.875  # ImageNet evaluation: resize to S / 0.875 (256 for 224), centre-crop S
 
 
 class Split(NamedTuple):
-  """One split held in host memory.
+  """One split.
 
   Attributes:
-    images: ``[N, H, W, C]`` uint8 pixels.
+    images: ``[N, H, W, C]`` uint8 pixels (a read-only memory map for loaded data).
     labels: ``[N]`` int32 class indices.
   """
 
@@ -73,8 +81,11 @@ class Datasets(NamedTuple):
     num_classes: K.
     mean: per-channel mean in ``[0, 1]`` units (docs/algorithms/recipes.md#preactresnet-and-wrn-lineage).
     std: per-channel std in ``[0, 1]`` units.
-    name: canonical dataset name (``"cifar10"``, ``"cifar100"``, ``"svhn_cropped"``).
+    name: canonical dataset name (``"cifar10"``, ``"svhn_cropped"``, ``"folder"``, ...).
     class_names: class names in label order (folder names, sorted, for local data).
+    image_size: the model's input size (side of the evaluation images and of the
+      training batches).
+    augment: the training augmentation of the recipe (one of ``AUGMENTS``).
   """
 
   train: Split
@@ -85,20 +96,30 @@ class Datasets(NamedTuple):
   std: tuple[float, ...]
   name: str
   class_names: tuple[str, ...] = ()
+  image_size: int = 32
+  augment: str = "crop_flip"
 
 
 class _Spec(NamedTuple):
-  num_classes: int
+  num_classes: Optional[int]
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  image_size: Optional[int] = None  # None: the files' own size
+  augment: str = "crop_flip"
 
 
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_HALF = (0.5, 0.5, 0.5)
 _DATASETS = {
   "cifar10": _Spec(10, tuple(x / 255 for x in (125.3, 123.0, 113.9)), tuple(x / 255 for x in (63.0, 62.1, 66.7))),
   "cifar100": _Spec(100, tuple(x / 255 for x in (129.3, 124.1, 112.4)), tuple(x / 255 for x in (68.2, 65.4, 70.4))),
-  "svhn_cropped": _Spec(10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+  "svhn_cropped": _Spec(10, _HALF, _HALF),
+  "tiny-imagenet-200": _Spec(200, _HALF, _HALF, 64),  # Puzzle Mix's Tiny-ImageNet recipe
+  "imagenet2012": _Spec(1000, _IMAGENET_MEAN, _IMAGENET_STD, 224, "inception"),
+  "folder": _Spec(None, _IMAGENET_MEAN, _IMAGENET_STD),
 }
-_ALIASES = {"svhn": "svhn_cropped"}
+_GENERIC = _Spec(None, _IMAGENET_MEAN, _IMAGENET_STD)  # tfds:NAME
+_ALIASES = {"svhn": "svhn_cropped", "tiny-imagenet": "tiny-imagenet-200", "tiny_imagenet": "tiny-imagenet-200", "imagenet": "imagenet2012"}
 # Class names of the known data sets, to catch a folder of one passed as another.
 _CLASS_NAMES = {
   "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -113,7 +134,7 @@ _CLASS_NAMES = {
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
-_TAG_SUBSET, _TAG_SHUFFLE, _TAG_AUGMENT = 1, 2, 3
+_TAG_SUBSET, _TAG_SHUFFLE, _TAG_AUGMENT, _TAG_RESIZED_CROP, _TAG_MIXING = 1, 2, 3, 4, 5
 
 
 def _fmix64(z: np.ndarray) -> np.ndarray:
@@ -150,10 +171,15 @@ def _permutation(n: int, *words: int) -> np.ndarray:
 
 
 def _canonical_name(dataset: str) -> str:
-  name = _ALIASES.get(str(dataset).lower(), str(dataset).lower())
+  raw = str(dataset)
+  if raw.lower().startswith("tfds:"):
+    if not raw[5:]:
+      raise ValueError("--dataset tfds:NAME needs a tfds data set name after 'tfds:' (e.g. tfds:imagenette).")
+    return "tfds:" + raw[5:]
+  name = _ALIASES.get(raw.lower(), raw.lower())
   if name not in _DATASETS:
     names = ", ".join(sorted((*_DATASETS, *_ALIASES)))
-    raise ValueError(f"Unknown dataset {dataset!r}; expected one of: {names}.")
+    raise ValueError(f"Unknown dataset {dataset!r}; expected one of: {names}, or tfds:NAME for any tfds image data set.")
   return name
 
 
@@ -178,18 +204,25 @@ def load(
   valid_labels_per_class: int = 0,
   seed: int = 0,
   download: bool = False,
+  image_size: Optional[int] = None,
+  augment: Optional[str] = None,
 ) -> Datasets:
-  """Loads a dataset into host memory, with PatchUp's class-balanced subsets.
+  """Opens a dataset, decoded once into an on-disk cache, with PatchUp's class-balanced subsets.
 
-  ``data_dir`` in class-folder layout is read offline: a directory holding
-  ``train.zip``/``test.zip`` or ``train/``/``test/`` (each ``<class>/<image>``), or one
-  zip holding ``[root/]train/<class>/<image>`` and ``[root/]test/<class>/<image>``.
-  Labels follow the sorted class-folder names. Decoding matches PIL bit for bit (TF's
-  accurate integer IDCT) and the decoded arrays are cached under
-  ``$JAXMIX_CACHE_DIR`` (default ``~/.cache/jaxmix/data``), keyed by the absolute path,
-  size and mtime of each source, so the next load skips decoding. Any other
-  ``data_dir`` (or ``None``) goes through ``tfds.load(dataset, data_dir=data_dir)``,
-  which downloads on a machine with network.
+  Every split is decoded once (Pillow; no TensorFlow for local data) into a
+  memory-mapped array under ``$JAXMIX_CACHE_DIR`` (default ``~/.cache/jaxmix/data``),
+  keyed by the source and its files' sizes and times (``jaxmix.training.sources``), so
+  host memory is bounded by what a batch touches, not by the data set. Sources:
+
+  * ``data_dir`` in class-folder layout, offline: a directory holding ``train/`` and
+    ``test/`` (or ``val/``) class folders, or ``train.zip``/``test.zip``, or one zip
+    holding both; labels follow the sorted class-folder names.
+  * ``dataset="tiny-imagenet-200"``: ``data_dir`` as Tiny-ImageNet-200 unpacks
+    (``wnids.txt``, ``train/<wnid>/images``, ``val/images`` + ``val_annotations.txt``),
+    or its zip; ``val`` is the test split.
+  * any other ``data_dir`` (or ``None``): ``tfds.load(dataset, data_dir=data_dir)``,
+    read once through tfds (downloads with ``download=True``). ``tfds:NAME`` names any
+    tfds image-classification data set.
 
   Subsets follow PatchUp's ``load_data_subset``: one shuffle of the training indices
   (determined by ``seed``), then per class the first ``valid_labels_per_class``
@@ -199,20 +232,32 @@ def load(
   option the full training set is returned in its stored order.
 
   Args:
-    dataset: ``"cifar10"``, ``"cifar100"`` or ``"svhn_cropped"`` (alias ``"svhn"``).
-    data_dir: a local class-folder dir or zip, a tfds data dir, or ``None``.
+    dataset: ``cifar10``, ``cifar100``, ``svhn_cropped`` (``svhn``),
+      ``tiny-imagenet-200``, ``imagenet2012`` (``imagenet``), ``folder`` (any class
+      folders; classes counted from them) or ``tfds:NAME``.
+    data_dir: a local class-folder dir or zip, Tiny-ImageNet's folder, a tfds data
+      dir, or ``None``.
     labels_per_class: training examples per class, or ``None`` for all.
     valid_labels_per_class: validation examples per class (0: no validation split).
     seed: seed of the subset selection.
     download: let tfds download a data set that ``data_dir`` (or the tfds default
       directory) does not hold; otherwise that is an immediate ``FileNotFoundError``.
+    image_size: the model's input size S (default: the data set's, e.g. 224 for
+      ImageNet; for ``folder`` and ``tfds:NAME`` the files' own size, which must then be
+      one size). Images are resized (shorter side) and centre-cropped to it.
+    augment: ``"crop_flip"`` (pad-and-crop + flip; images stored at S) or
+      ``"inception"`` (ImageNet's random-resized crop: training images stored at
+      ``S / 0.875`` for the crop, evaluation images resized to ``S / 0.875`` and
+      centre-cropped to S). Default: the data set's recipe (inception for ImageNet).
 
   Returns:
-    A ``Datasets`` with uint8 ``[N, H, W, C]`` images and int32 labels.
+    A ``Datasets`` with uint8 ``[N, H, W, C]`` images (read-only memory maps) and
+    int32 labels.
 
   Raises:
-    ValueError: unknown dataset, bad subset sizes, a corrupt zip or image, a layout
-      that is not class folders, or a class count that does not match ``dataset``.
+    ValueError: unknown dataset, bad subset sizes, a corrupt zip, a layout that is not
+      class folders (or not Tiny-ImageNet), a class count that does not match
+      ``dataset``, images of different sizes without ``image_size``.
     FileNotFoundError: ``data_dir`` does not exist.
 
   Example:
@@ -221,35 +266,69 @@ def load(
     (1000, 32, 32, 3)
   """
   name = _canonical_name(dataset)
-  spec = _DATASETS[name]
+  spec = _DATASETS.get(name, _GENERIC)
   check_int("labels_per_class", labels_per_class, 1, allow_none=True)
   check_int("valid_labels_per_class", valid_labels_per_class, 0)
   check_int("seed", seed, -(1 << 63))
+  check_int("image_size", image_size, 8, allow_none=True)
+  augment = augment or spec.augment
+  if augment not in AUGMENTS:
+    raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}.")
+  size = image_size or spec.image_size
+  if augment == "inception" and size is None:
+    raise ValueError(f"augment='inception' needs an image_size for {name} (e.g. 224).")
+  big = None if size is None or augment != "inception" else int(round(size / _CROP_PCT))
+  stored = {"train": (big or size, big), "test": (size, big)}  # (size, resize) of each split
 
-  sources = None
   if data_dir is not None:
     data_dir = os.path.expanduser(os.fspath(data_dir))
-    sources = _local_sources(data_dir)
-  if sources is not None:
-    (train, train_classes), (test, test_classes) = (_load_local(src, sub) for src, sub in sources)
-    if train_classes != test_classes:
-      raise ValueError(f"{data_dir!r}: train classes {train_classes} differ from test classes {test_classes}.")
-    if len(train_classes) != spec.num_classes:
-      raise ValueError(f"{data_dir!r} holds {len(train_classes)} class folders, but {name} has {spec.num_classes} classes.")
-    for other, names in _CLASS_NAMES.items():
-      if other != name and tuple(train_classes) == names:
-        raise ValueError(f"{data_dir!r} holds the classes of {other} ({', '.join(names[:3])}, ...), not of {name}; pass --dataset {other}.")
-    class_names = train_classes
+  if name == "tiny-imagenet-200":
+    if data_dir is None:
+      raise ValueError("tiny-imagenet-200 is read offline: pass --data_dir, the unpacked tiny-imagenet-200/ folder or its zip.")
+    listings = sources.list_tiny_imagenet(data_dir)
+  elif data_dir is not None:
+    listings = sources.list_class_folders(data_dir)
+    if listings is None and name == "folder":
+      raise ValueError(f"data_dir {data_dir!r} holds no train/ and test/ (or val/) class folders or zips; --dataset folder needs them.")
+  elif name == "folder":
+    raise ValueError("--dataset folder needs --data_dir: a directory or zip of train/ and test/ (or val/) class folders.")
   else:
-    train, test, class_names = _load_tfds(name, data_dir, download)
+    listings = None
+
+  if listings is not None:
+    splits = []
+    for listing, which in zip(listings, ("train", "test"), strict=True):
+      sz, rs = stored[which]
+      images, labels, class_names = sources.cached_split(
+        f"{os.path.basename(listing.source)}-{listing.tag}",
+        sources.listing_key(listing),
+        len(listing.members),
+        sources.listing_examples(listing),
+        class_names=listing.class_names,
+        size=sz,
+        resize=rs,
+        where=f"{listing.source!r} ({listing.tag})",
+      )
+      splits.append(Split(images, labels))
+    train, test = splits
+    class_names = listings[0].class_names
+    num_classes = len(class_names)
+    if spec.num_classes is not None and num_classes != spec.num_classes:
+      raise ValueError(f"{data_dir!r} holds {num_classes} class folders, but {name} has {spec.num_classes} classes.")
+    for other, names in _CLASS_NAMES.items():
+      if other != name and name != "folder" and tuple(class_names) == names:
+        raise ValueError(f"{data_dir!r} holds the classes of {other} ({', '.join(names[:3])}, ...), not of {name}; pass --dataset {other}.")
+  else:
+    train, test, class_names = _load_tfds(name.removeprefix("tfds:"), data_dir, download, stored)
+    num_classes = spec.num_classes or len(class_names) or int(max(train.labels.max(), test.labels.max())) + 1
 
   valid = None
   if labels_per_class is not None or valid_labels_per_class > 0:
-    train_idx, valid_idx = _subset_indices(train.labels, spec.num_classes, labels_per_class, valid_labels_per_class, seed)
+    train_idx, valid_idx = _subset_indices(train.labels, num_classes, labels_per_class, valid_labels_per_class, seed)
     if valid_labels_per_class > 0:
-      valid = Split(train.images[valid_idx], train.labels[valid_idx])
-    train = Split(train.images[train_idx], train.labels[train_idx])
-  return Datasets(train, valid, test, spec.num_classes, spec.mean, spec.std, name, tuple(class_names))
+      valid = Split(sources.take(train.images, valid_idx, crop=size if big else None), train.labels[valid_idx])
+    train = Split(sources.take(train.images, train_idx), train.labels[train_idx])
+  return Datasets(train, valid, test, num_classes, spec.mean, spec.std, name, tuple(class_names), int(test.images.shape[1]), augment)
 
 
 def _subset_indices(labels: np.ndarray, num_classes: int, n_train: Optional[int], n_valid: int, seed: int):
@@ -265,135 +344,6 @@ def _subset_indices(labels: np.ndarray, num_classes: int, n_train: Optional[int]
     valid.append(idx[:n_valid])
     train.append(idx[n_valid:stop])
   return np.concatenate(train), np.concatenate(valid)
-
-
-def _local_sources(path: str):
-  """``[(source, subdir), (source, subdir)]`` for train and test, or None for tfds.
-
-  ``source`` is a zip file or a directory; ``subdir`` the split's root inside it
-  (``None``: find the single root holding class folders).
-  """
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"data_dir {path!r} does not exist. Pass a class-folder dir/zip for offline use; to download through tfds into it, "
-      "create it first (mkdir -p), or pass no data_dir to use the tfds default (~/tensorflow_datasets)."
-    )
-  if os.path.isfile(path):
-    if not zipfile.is_zipfile(path):
-      raise ValueError(f"data_dir {path!r} is a file but not a zip archive.")
-    return [(path, split) for split in _SPLITS]
-  found = {}
-  for split in _SPLITS:
-    zpath, dpath = os.path.join(path, split + ".zip"), os.path.join(path, split)
-    if os.path.isfile(zpath):
-      found[split] = (zpath, None)
-    elif os.path.isdir(dpath):
-      found[split] = (dpath, None)
-  if not found:
-    return None  # a tfds data dir
-  if len(found) != len(_SPLITS):
-    missing = [s for s in _SPLITS if s not in found]
-    raise ValueError(f"data_dir {path!r} has {sorted(found)} but no {missing} (expected {missing[0]}.zip or {missing[0]}/).")
-  return [found[s] for s in _SPLITS]
-
-
-def _list_members(source: str) -> list[str]:
-  """Image paths inside a zip or directory, '/'-separated, relative, sorted."""
-  if os.path.isdir(source):
-    out = []
-    for root, dirs, files in os.walk(source):
-      dirs.sort()
-      rel = os.path.relpath(root, source).replace(os.sep, "/")
-      out += [f if rel == "." else f"{rel}/{f}" for f in files]
-  else:
-    try:
-      with zipfile.ZipFile(source) as z:
-        out = [n for n in z.namelist() if not n.endswith("/")]
-    except (zipfile.BadZipFile, OSError) as e:
-      raise ValueError(f"cannot read zip {source!r}: {e}") from e
-  keep = []
-  for n in out:
-    parts = n.split("/")
-    if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not n.lower().endswith(_IMAGE_EXTS):
-      continue
-    keep.append(n)
-  return sorted(keep)
-
-
-def _class_layout(source: str, members: list[str], split: Optional[str]):
-  """Picks the split's members; returns ``(members, class_of_each, class_names)``."""
-  roots = collections.defaultdict(list)
-  for n in members:
-    parts = n.split("/")
-    if len(parts) >= 2:
-      roots["/".join(parts[:-2])].append(n)
-  if split is not None:
-    roots = {r: m for r, m in roots.items() if r.split("/")[-1] == split}
-  where = f"{source!r}" + (f" (split {split!r})" if split else "")
-  if len(roots) != 1:
-    found = sorted(roots) or "none"
-    raise ValueError(f"{where}: expected images in one folder of class folders (<class>/<image>), found roots {found}.")
-  (chosen,) = roots.values()
-  classes = [n.split("/")[-2] for n in chosen]
-  return chosen, classes, sorted(set(classes))
-
-
-def _source_fingerprint(source: str) -> dict:
-  if os.path.isdir(source):
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(source):
-      dirs.sort()
-      for f in sorted(files):
-        st = os.stat(os.path.join(root, f))
-        h.update(f"{os.path.relpath(os.path.join(root, f), source)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return {"dir": h.hexdigest()}
-  st = os.stat(source)
-  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _cache_dir() -> str:
-  return os.environ.get("JAXMIX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxmix", "data")
-
-
-def _load_local(source: str, split: Optional[str]) -> tuple[Split, list[str]]:
-  """Decodes (or reads from the cache) one split of a local class-folder source."""
-  source = os.path.abspath(source)
-  key = json.dumps([_CACHE_FORMAT, source, split, _source_fingerprint(source)])
-  digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-  cache = os.path.join(_cache_dir(), f"{os.path.basename(source)}{'-' + split if split else ''}-{digest}.npz")
-  if os.path.exists(cache):
-    try:
-      with np.load(cache) as f:
-        return Split(f["images"], f["labels"]), [str(c) for c in f["classes"]]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-      pass  # a damaged cache entry is rebuilt below
-  members, classes, class_names = _class_layout(source, _list_members(source), split)
-  blobs = _read_members(source, members)
-  images = _decode(blobs, members, source)
-  index = {c: i for i, c in enumerate(class_names)}
-  labels = np.array([index[c] for c in classes], np.int32)
-  try:
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = f"{cache}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, images=images, labels=labels, classes=np.array(class_names))
-    os.replace(tmp, cache)  # atomic: concurrent loaders never see a partial file
-  except OSError:
-    pass  # caching is an optimisation only
-  return Split(images, labels), class_names
-
-
-def _read_members(source: str, members: list[str]) -> list[bytes]:
-  if os.path.isdir(source):
-    out = []
-    for n in members:
-      with open(os.path.join(source, n), "rb") as f:
-        out.append(f.read())
-    return out
-  try:
-    with zipfile.ZipFile(source) as z:
-      return [z.read(n) for n in members]
-  except (zipfile.BadZipFile, OSError, EOFError) as e:
-    raise ValueError(f"cannot read zip {source!r}: {e}") from e
 
 
 def _tf():
@@ -415,66 +365,57 @@ def _tf():
 _TF_READY = False
 
 
-def _decode_one(tf, blob):
-  """JPEG with the accurate integer IDCT (bit-identical to PIL/torchvision); others as is."""
-  return tf.cond(
-    tf.io.is_jpeg(blob),
-    lambda: tf.io.decode_jpeg(blob, channels=3, dct_method="INTEGER_ACCURATE"),
-    lambda: tf.io.decode_image(blob, channels=3, expand_animations=False),
-  )
-
-
-def _decode(blobs: list[bytes], members: list[str], source: str) -> np.ndarray:
-  """``[N, H, W, 3]`` uint8 from encoded images; parallel tf.data decode."""
-  tf = _tf()
-  ds = tf.data.Dataset.from_tensor_slices(tf.constant(blobs, tf.string))
-  ds = ds.map(lambda b: _decode_one(tf, b), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+def _load_tfds(name: str, data_dir: Optional[str], download: bool, stored: dict):
+  """Train and test splits of a tfds data set, read once through tfds into the cache."""
   try:
-    return np.concatenate([x.numpy() for x in ds])
-  except (tf.errors.OpError, ValueError):
-    pass
-  # Slow path, only to name the culprit: an undecodable image or a size mismatch.
-  shape = None
-  for blob, name in zip(blobs, members, strict=True):
-    try:
-      img = _decode_one(tf, tf.constant(blob)).numpy()
-    except tf.errors.OpError as e:
-      raise ValueError(f"cannot decode image {name!r} in {source!r}: {e.message}") from e
-    if shape is None:
-      shape = img.shape
-    elif img.shape != shape:
-      raise ValueError(f"image {name!r} in {source!r} has shape {img.shape}, others {shape}; all images must share one size.")
-  raise ValueError(f"cannot decode the images of {source!r}.")
-
-
-def _load_tfds(name: str, data_dir: Optional[str], download: bool):
-  tf = _tf()
-  import tensorflow_datasets as tfds
-
-  try:
-    (train, test), info = tfds.load(name, split=list(_SPLITS), data_dir=data_dir, as_supervised=True, with_info=True, download=download)
-  except AssertionError as e:  # tfds's "could not find data" when download=False
-    if download:
-      raise
-    where = repr(data_dir) if data_dir else "the tfds default directory (~/tensorflow_datasets)"
-    raise FileNotFoundError(
-      f"{where} holds neither class folders (train/ and test/, or train.zip and test.zip) nor a prepared tfds {name!r}. "
-      "Point --data_dir at a class-folder directory or zip, or pass --download to let tfds download it (needs network)."
+    tf = _tf()
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError(
+      f"reading tfds data set {name!r} needs TensorFlow and tfds (pip install 'jaxmix[data]'); "
+      "class folders, zips and Tiny-ImageNet (--data_dir) need neither."
     ) from e
-  except Exception as e:
-    if hasattr(e, "add_note"):
-      e.add_note(f"jaxmix: tfds.load({name!r}, data_dir={data_dir!r}) failed; offline, pass a class-folder dir or zip as data_dir.")
-    raise
 
-  def to_split(ds) -> Split:
-    images, labels = [], []
-    for x, y in ds.batch(8192).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-      images.append(x)
-      labels.append(y)
-    return Split(np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32))
+  def open_split(split):
+    try:
+      return tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, with_info=True, download=download, shuffle_files=False)
+    except AssertionError as e:  # tfds's "could not find data" when download=False
+      if download:
+        raise
+      where = repr(data_dir) if data_dir else "the tfds default directory (~/tensorflow_datasets)"
+      raise FileNotFoundError(
+        f"{where} holds neither class folders (train/ and test/, or train.zip and test.zip) nor a prepared tfds {name!r}. "
+        "Point --data_dir at a class-folder directory or zip, or pass --download to let tfds download it (needs network)."
+      ) from e
+    except Exception as e:
+      if hasattr(e, "add_note"):
+        e.add_note(f"jaxmix: tfds.load({name!r}, data_dir={data_dir!r}) failed; offline, pass a class-folder dir or zip as data_dir.")
+      raise
 
-  names = tuple(info.features["label"].names) if "label" in info.features else ()
-  return to_split(train), to_split(test), names
+  ds, info = open_split("train")
+  splits = list(info.splits)
+  test_split = "validation" if name == "imagenet2012" or (splits and "test" not in splits) else "test"
+  names = tuple(getattr(info.features["label"], "names", ())) if "label" in info.features else ()
+  files = sources.dir_fingerprint(str(info.data_dir))
+  out = []
+  for split, which in (("train", "train"), (test_split, "test")):
+    if split != "train":
+      ds, _ = open_split(split)
+    count = int(ds.cardinality())
+    if count < 0:
+      count = int(ds.reduce(0, lambda n, _: n + 1))
+
+    def examples(ds=ds, split=split):
+      for i, (x, y) in enumerate(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE))):
+        yield f"{split}[{i}]", x, int(y)
+
+    key = {"tfds": name, "version": str(info.version), "data_dir": str(info.data_dir), "files": files, "split": split, "count": count}
+    sz, rs = stored[which]
+    images, labels, _ = sources.cached_split(
+      f"tfds-{name}-{split}", key, count, examples, class_names=names, size=sz, resize=rs, where=f"tfds {name!r} ({split})"
+    )
+    out.append(Split(images, labels))
+  return out[0], out[1], names
 
 
 def pixel_mean(split: Split) -> np.ndarray:
@@ -523,19 +464,25 @@ def train_batches(
   flip: bool = True,
   num_shards: int = 1,
   shard_index: int = 0,
+  random_resized_crop: Optional[int] = None,
+  mixing_pictures: Optional[Sequence[np.ndarray]] = None,
+  workers: int = 2,
 ) -> Iterator[dict]:
   """Shuffled, augmented training batches of one epoch, deterministic and resumable.
 
   The example order is a permutation determined by ``(seed, epoch)``; the example at
   position ``p`` of the epoch gets a random crop (zero padding ``crop_padding`` on each
   side, offsets uniform in ``[0, 2 * crop_padding]``, as torchvision's
-  ``RandomCrop(H, padding)``) and a horizontal flip with probability 1/2, both drawn
+  ``RandomCrop(H, padding)``) or, with ``random_resized_crop=S``, torchvision's
+  ``RandomResizedCrop(S)`` (scale (0.08, 1), ratio (3/4, 4/3), ten tries then a centre
+  crop; bilinear, antialiased), and a horizontal flip with probability 1/2, all drawn
   from ``(seed, epoch, p)`` only. Hence ``start_step=s`` yields exactly batches
-  ``s, s+1, ...`` of the uninterrupted epoch. The remainder is dropped. Gathering,
-  cropping and flipping run batched in a tf.data graph with parallel map and prefetch.
+  ``s, s+1, ...`` of the uninterrupted epoch. The remainder is dropped. Batches are
+  assembled in numpy by ``workers`` background threads, a few batches ahead; a
+  memory-mapped split is read only where the batch's rows lie.
 
-  Randomness comes from a counter-based hash (SplitMix64) of those integers, not from
-  TF's stateless ops, so results do not depend on the TensorFlow version.
+  Randomness comes from a counter-based hash (SplitMix64) of those integers, so
+  results depend on no library version and on no global RNG state.
 
   Args:
     split: the images and labels to draw from.
@@ -547,9 +494,17 @@ def train_batches(
     flip: random horizontal flips (False for SVHN).
     num_shards: number of hosts sharing each global batch (multi-host).
     shard_index: this host's slice ``[shard_index * B / num_shards, ...)`` of every batch.
+    random_resized_crop: output side S of ImageNet's random-resized crop (replaces the
+      padded crop), or None.
+    mixing_pictures: IPMix's mixing set (``jaxmix.training.sources.load_pictures``):
+      each example also gets one of these pictures, drawn uniformly, randomly cropped
+      to the batch's ``H x W`` (the official ``RandomCrop(32)`` after ``Resize(36)``),
+      as ``batch["mixing"]``; drawn from ``(seed, epoch, position)`` like the rest.
+    workers: threads assembling batches (>= 1).
 
   Yields:
-    ``{"image": uint8 [B / num_shards, H, W, C], "label": int32 [B / num_shards]}``.
+    ``{"image": uint8 [B / num_shards, H, W, C], "label": int32 [B / num_shards]}``,
+    plus ``"mixing"`` (uint8, the shape of ``"image"``) with ``mixing_pictures``.
 
   Raises:
     ValueError: on a bad argument (named, with the allowed range).
@@ -564,6 +519,8 @@ def train_batches(
   check_int("crop_padding", crop_padding, 0)
   check_int("num_shards", num_shards, 1)
   check_int("seed", seed, -(1 << 63))
+  check_int("random_resized_crop", random_resized_crop, 1, allow_none=True)
+  check_int("workers", workers, 1)
   steps = n // batch_size
   check_int("start_step", start_step, 0)
   if start_step > steps:
@@ -575,36 +532,124 @@ def train_batches(
     raise ValueError(f"shard_index must be in [0, {num_shards - 1}], got {shard_index}.")
   if start_step == steps:
     return iter(())
-  order, dy, dx, flips = _epoch_plan(n, batch_size, seed, epoch, crop_padding)
+  pad = 0 if random_resized_crop else crop_padding
+  order, dy, dx, flips = _epoch_plan(n, batch_size, seed, epoch, pad)
   local = batch_size // num_shards
   cols = slice(shard_index * local, (shard_index + 1) * local)
-  plan = [a.reshape(steps, batch_size)[start_step:, cols] for a in (order, dy, dx, flips)]
-  return _augment_pipeline(split, plan, crop_padding, bool(flip))
+  positions = np.arange(steps * batch_size, dtype=np.int64)
+  plan = [a.reshape(steps, batch_size)[start_step:, cols] for a in (order, dy, dx, flips, positions)]
+  labels = np.asarray(split.labels, np.int32)
+  rrc_key = _stream_key(seed, epoch, _TAG_RESIZED_CROP)
+  out_side = random_resized_crop or split.images.shape[1]
+  if mixing_pictures is not None:
+    if not len(mixing_pictures):
+      raise ValueError("mixing_pictures is empty.")
+    small = [p.shape[:2] for p in mixing_pictures if p.shape[0] < out_side or p.shape[1] < out_side]
+    if small:
+      raise ValueError(f"mixing pictures must be at least {out_side}x{out_side} (the batch's size); found {small[0]}.")
+  mixing_key = _stream_key(seed, epoch, _TAG_MIXING)
 
-
-def _augment_pipeline(split: Split, plan, pad: int, flip: bool) -> Iterator[dict]:
-  tf = _tf()
-  images = tf.convert_to_tensor(split.images)
-  labels = tf.convert_to_tensor(np.asarray(split.labels, np.int32))
-  _, height, width, _ = split.images.shape
-
-  def make(idx, dy, dx, fl):
-    x, y = tf.gather(images, idx), tf.gather(labels, idx)
-    if pad:
-      x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-      x = tf.gather(x, dy[:, None] + tf.range(height)[None, :], axis=1, batch_dims=1)
-    else:
-      dx = tf.zeros_like(dx)
-    j = tf.range(width)[None, :]
+  def make(i: int) -> dict:
+    idx, y, x, fl, pos = (a[i] for a in plan)
+    images = _gather(split.images, idx)
+    if random_resized_crop:
+      images = _resized_crops(images, _crop_uniforms(rrc_key, pos), random_resized_crop)
+    elif pad:
+      images = _pad_crops(images, y, x, pad)
     if flip:
-      j = tf.where(fl[:, None], width - 1 - j, j)
-    if pad or flip:
-      x = tf.gather(x, dx[:, None] + j, axis=2, batch_dims=1)
-    return {"image": x, "label": y}
+      images = np.where(fl[:, None, None, None], images[:, :, ::-1], images)
+    batch = {"image": np.ascontiguousarray(images), "label": labels[idx]}
+    if mixing_pictures is not None:
+      batch["mixing"] = _mixing_crops(mixing_pictures, mixing_key, pos, images.shape[1], images.shape[2])
+    return batch
 
-  ds = tf.data.Dataset.from_tensor_slices(tuple(plan))
-  ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-  yield from ds.as_numpy_iterator()
+  return _ordered(make, len(plan[0]), workers)
+
+
+def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """``images[idx]``, read in sorted order (sequential pages of a memory map)."""
+  order = np.argsort(idx, kind="stable")
+  out = np.empty((len(idx), *images.shape[1:]), np.uint8)
+  out[order] = images[idx[order]]
+  return out
+
+
+def _pad_crops(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, pad: int) -> np.ndarray:
+  """Each image zero-padded by ``pad`` and cropped back at offsets ``(dy, dx)``."""
+  _, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return np.stack([padded[b, y : y + h, x : x + w] for b, (y, x) in enumerate(zip(dy, dx, strict=True))])
+
+
+def _mixing_crops(pictures, key: np.ndarray, positions: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Per position: a uniform picture index, then a uniform ``height x width`` crop of it."""
+  out = np.empty((len(positions), height, width, 3), np.uint8)
+  for b, p in enumerate(positions):
+    which, top, left = _stream(key, int(p) * 3, int(p) * 3 + 3)
+    pic = pictures[int(which % np.uint64(len(pictures)))]
+    top = int(top % np.uint64(pic.shape[0] - height + 1))
+    left = int(left % np.uint64(pic.shape[1] - width + 1))
+    out[b] = pic[top : top + height, left : left + width]
+  return out
+
+
+_RRC_TRIES = 10
+_RRC_SCALE, _RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+
+
+def _crop_uniforms(key: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  """``[B, 10, 4]`` uniforms in [0, 1) of each position's random-resized crop."""
+  per = _RRC_TRIES * 4
+  bits = np.stack([_stream(key, int(p) * per, (int(p) + 1) * per) for p in positions])
+  return ((bits >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(len(positions), _RRC_TRIES, 4)
+
+
+def _crop_box(height: int, width: int, u: np.ndarray) -> tuple[int, int, int, int]:
+  """torchvision's ``RandomResizedCrop.get_params`` driven by uniforms ``u [10, 4]``."""
+  area = height * width
+  lo, hi = math.log(_RRC_RATIO[0]), math.log(_RRC_RATIO[1])
+  for us, ur, ui, uj in u:
+    target = area * (_RRC_SCALE[0] + (_RRC_SCALE[1] - _RRC_SCALE[0]) * us)
+    ratio = math.exp(lo + (hi - lo) * ur)
+    w = int(round(math.sqrt(target * ratio)))
+    h = int(round(math.sqrt(target / ratio)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(ui * (height - h + 1)), int(uj * (width - w + 1)), h, w
+  in_ratio = width / height
+  if in_ratio < _RRC_RATIO[0]:
+    w, h = width, int(round(width / _RRC_RATIO[0]))
+  elif in_ratio > _RRC_RATIO[1]:
+    h, w = height, int(round(height * _RRC_RATIO[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _resized_crops(images: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
+  from PIL import Image
+
+  out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+  for b, img in enumerate(images):
+    i, j, h, w = _crop_box(img.shape[0], img.shape[1], u[b])
+    crop = Image.fromarray(np.ascontiguousarray(img[i : i + h, j : j + w]))
+    out[b] = np.asarray(crop.resize((size, size), Image.BILINEAR))
+  return out
+
+
+def _ordered(make: Callable[[int], dict], count: int, workers: int, depth: int = 4) -> Iterator[dict]:
+  """``make(0), make(1), ...`` computed by ``workers`` threads, at most ``depth`` ahead."""
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="jaxmix-input")
+  try:
+    queue = collections.deque(pool.submit(make, i) for i in range(min(depth, count)))
+    nxt = len(queue)
+    while queue:
+      batch = queue.popleft().result()
+      if nxt < count:
+        queue.append(pool.submit(make, nxt))
+        nxt += 1
+      yield batch
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def eval_batches(split: Split, *, batch_size: int) -> Iterator[dict]:

@@ -78,11 +78,17 @@ class _Progress:
   def update(self, i: int, images: int, metrics: dict) -> None:
     rate = images / max(time.perf_counter() - self.start, 1e-9)
     line = f"epoch {self.epoch:3d} [{i:4d}/{self.total}] loss {metrics['loss']:.4f} acc {100 * metrics['accuracy']:.2f}% {rate:8.1f} img/s"
-    print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+    _say(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
 
   def close(self) -> None:
     if self.tty:
-      print()
+      _say()
+
+
+def _say(*args, **kwargs) -> None:
+  """``print`` on process 0 only: every process of a multi-host run runs the same loop."""
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -110,11 +116,13 @@ def train(cfg: TrainConfig) -> dict:
   run_dir = cfg.run_dir()
   finished = ckpt.check_run_dir(cfg, run_dir)
   if finished is not None:
-    print(f"jaxmix train: {run_dir} already holds a finished run; not overwriting it. Test: {finished.get('test')}")
+    _say(f"jaxmix train: {run_dir} already holds a finished run; not overwriting it. Test: {finished.get('test')}")
     return finished
   data = load_data(cfg)
   mesh = ts.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
+  if jax.process_count() > 1 and n_dev != jax.device_count():
+    raise ValueError(f"--num_devices {cfg.num_devices}: a multi-host run uses all {jax.device_count()} devices of its processes.")
   if cfg.batch_size % n_dev:
     raise ValueError(f"--batch_size {cfg.batch_size} must be divisible by the number of devices ({n_dev}).")
   spe = jdata.steps_per_epoch(data.train, cfg.batch_size)
@@ -123,11 +131,11 @@ def train(cfg: TrainConfig) -> dict:
   if spe < 1:
     raise ValueError(f"the training split has {len(data.train.labels)} examples, fewer than --batch_size {cfg.batch_size}.")
 
-  model = models.get_model(cfg.arch, data.num_classes, **cfg.model_kwargs)
+  model = models.get_model(cfg.arch, data.num_classes, dtype=cfg.dtype, **cfg.model_kwargs)
   tx = make_optimizer(cfg, spe)
   seed_key = jax.random.key(cfg.seed)
   init_key, _ = jax.random.split(jax.random.fold_in(seed_key, 1))
-  state = ts.init_state(model, tx, init_key, data.train.images.shape[1:], seed_key=seed_key, ema=cfg.ema_decay > 0)
+  state = ts.init_state(model, tx, init_key, data.test.images.shape[1:], seed_key=seed_key, ema=cfg.ema_decay > 0)
   step_cfg = step_config(cfg, data.num_classes, data.mean, data.std)
   train_step = ts.make_train_step(model, step_cfg, mesh, per_device_batch=cfg.batch_size // n_dev)
   if cfg.mixup_off_epoch:  # timm's --mixup-off-epoch: the plain step from that epoch on
@@ -138,26 +146,29 @@ def train(cfg: TrainConfig) -> dict:
   eval_bs = max(n_dev, cfg.eval_batch_size - cfg.eval_batch_size % n_dev)
 
   os.makedirs(run_dir, exist_ok=True)  # every check passed: only now is anything written
-  _write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
+  lead = jax.process_index() == 0  # multi-host: process 0 writes the logs; every process saves and restores checkpoints
+  if lead:
+    _write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
   manager = ckpt.checkpoint_manager(os.path.join(run_dir, "checkpoints"), cfg.keep_checkpoints)
   best_manager = ckpt.checkpoint_manager(os.path.join(run_dir, "best"), 1)
   meta = {"best_valid_top1": -1.0, "best_epoch": -1, "train_seconds": 0.0}
   resumed = bool(manager.all_steps())
   if resumed:
-    state, meta, _ = ckpt.restore(manager, state, set_aside=True)
-    print(f"jaxmix train: resumed {run_dir} at step {int(state.step)}")
+    state, meta, _ = ckpt.restore(manager, state, set_aside=True, log=_say)
+    _say(f"jaxmix train: resumed {run_dir} at step {int(state.step)}")
     if meta["best_epoch"] >= 0 and (meta["best_epoch"] + 1) * spe == int(state.step):
       ckpt.save(best_manager, state, meta)  # a kill between the two saves of the best epoch
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.device_put(state, replicated)
   base_key = np.array(jax.device_get(state.rng))  # a copy: the state is donated
 
-  events = EventLog(run_dir, int(state.step) if resumed else None, enabled=cfg.tensorboard and jax.process_index() == 0)
+  events = EventLog(run_dir, int(state.step) if resumed else None, enabled=cfg.tensorboard and lead)
   lr_at = learning_rate_schedule(cfg, spe)
   log_path = os.path.join(run_dir, "metrics.jsonl")
   start_epoch, start_step = divmod(int(state.step), spe)
-  ckpt.truncate_log(log_path, start_epoch)
-  print(
+  if lead:
+    ckpt.truncate_log(log_path, start_epoch)
+  _say(
     f"jaxmix train: {cfg.train} on {data.name} ({len(data.train.labels)} train / "
     f"{0 if data.valid is None else len(data.valid.labels)} valid / {len(data.test.labels)} test), "
     f"{cfg.arch}, {n_dev} device(s), {spe} steps/epoch, run dir {run_dir}"
@@ -174,6 +185,7 @@ def train(cfg: TrainConfig) -> dict:
       start_step=first,
       crop_padding=cfg.crop_padding,
       flip=cfg.flip,
+      random_resized_crop=data.image_size if data.augment == "inception" else None,
       num_shards=jax.process_count(),
       shard_index=jax.process_index(),
     )
@@ -223,9 +235,10 @@ def train(cfg: TrainConfig) -> dict:
       if split in record:
         events.add(f"{split}/top1", record[split]["top1"], int(state.step))
     events.flush()
-    with open(log_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    print(_epoch_line(record))
+    if lead:
+      with open(log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    _say(_epoch_line(record))
 
   events.close()
   return _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, sharding, replicated)
@@ -306,8 +319,9 @@ def _finish(cfg, run_dir, best_manager, state, meta, eval_step, data, eval_bs, s
     summary["test_ema"] = evaluate(eval_step, state.ema, data.test, data, eval_bs, sharding)
   if cfg.fsgm_attack or cfg.affine_test:
     summary["robustness"] = _robustness(cfg, run_dir)
-  _write_json(os.path.join(run_dir, "summary.json"), summary)
-  print(f"jaxmix train: done. Test ({chosen}): top1 {summary['test']['top1']:.2f}%  top5 {summary['test']['top5']:.2f}%")
+  if jax.process_index() == 0:
+    _write_json(os.path.join(run_dir, "summary.json"), summary)
+  _say(f"jaxmix train: done. Test ({chosen}): top1 {summary['test']['top1']:.2f}%  top5 {summary['test']['top5']:.2f}%")
   return summary
 
 
@@ -330,17 +344,61 @@ def _robustness(cfg: TrainConfig, run_dir: str) -> dict:
 # Command line
 
 
+_PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def _process_settings(args) -> dict | None:
+  """The keywords of ``jax.distributed.initialize`` the flags ask for (``{}``: JAX detects them), or ``None`` (one process).
+
+  Raises:
+    ValueError: if only some of ``--coordinator_address --num_processes --process_id``
+      are given (naming the missing ones), or one of them is out of range.
+  """
+  given = {name: getattr(args, name) for name in _PROCESS_FLAGS if getattr(args, name) is not None}
+  if not given:
+    return {} if args.distributed else None
+  missing = [f"--{name}" for name in _PROCESS_FLAGS if name not in given]
+  if missing:
+    raise ValueError(
+      f"--coordinator_address, --num_processes and --process_id go together; missing {', '.join(missing)} "
+      "(or give none of them and --distributed, for JAX to find the processes itself)."
+    )
+  address, n, i = (given[name] for name in _PROCESS_FLAGS)
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"--coordinator_address must be HOST:PORT (process 0's address and a free port), got {address!r}.")
+  if n < 1:
+    raise ValueError(f"--num_processes must be >= 1, got {n}.")
+  if not 0 <= i < n:
+    raise ValueError(f"--process_id must be in [0, {n}) for --num_processes {n}, got {i}.")
+  return given
+
+
+def _init_distributed(settings: dict) -> None:
+  """``jax.distributed.initialize(**settings)``, before anything touches a device; CPU collectives through gloo."""
+  if jax.config.jax_cpu_collectives_implementation is None:  # older JAX: no cross-process collectives on CPU by default
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(**settings)
+  except ValueError as e:
+    if settings:
+      raise
+    hint = "give --coordinator_address, --num_processes and --process_id"
+    raise ValueError(f"--distributed: JAX found no cluster to join ({e}); {hint}.") from e
+
+
 def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix train``: parse flags, train (or resume), print the test metrics."""
   try:
     cfg, args = parse_args(argv)
+    processes = _process_settings(args)
     if args.print_config:
       validate(cfg)
       print(json.dumps(resolved_config(cfg), indent=2))
       return 0
     ts.use_compilation_cache(args.compilation_cache)
-    if args.distributed:
-      jax.distributed.initialize()
+    if processes is not None:
+      _init_distributed(processes)
     train(cfg)
   except (ValueError, OSError) as e:  # bad settings or data, a damaged run, a full disk
     print(f"jaxmix train: error: {e}", file=sys.stderr)

@@ -158,6 +158,12 @@ def _mix_key(key, step, group_size: int):
   return jax.random.fold_in(key, jax.lax.axis_index(AXIS))
 
 
+def _input_dtype(model) -> jnp.dtype:
+  """The dtype the step feeds ``model``: its ``dtype`` attribute (Flax's compute dtype), float32 if unset."""
+  dtype = getattr(model, "dtype", None)
+  return jnp.dtype(jnp.float32 if dtype is None else dtype)
+
+
 def make_loss_fn(model, cfg: StepConfig):
   """Builds ``loss_fn(params, batch_stats, images_u8, labels_int, key) -> (loss, aux)``.
 
@@ -171,11 +177,18 @@ def make_loss_fn(model, cfg: StepConfig):
     sites;
   * ``saliency``: ``jaxmix.puzzlemix_train_batch`` asks for input gradients (BN in
     inference mode when ``clean_lam == 0``) and mixes with them.
+
+  Mixed precision: the normalised batch is cast to the model's compute ``dtype``
+  (``jaxmix.models``' ``dtype`` attribute; float32 if it has none) before the
+  mixing op and the model, so a bfloat16 model mixes and sees a bfloat16 batch
+  (pixel-space ops still mix the float32 [0, 1] batch, cast after normalising);
+  the logits, targets and loss are float32.
   """
   method = get_method(cfg.method)
   hp = dict(cfg.hparams)
   loss_of = base_loss(cfg.loss)
   op = functools.partial(method.op, **hp)
+  dtype = _input_dtype(model)
 
   def forward(params, batch_stats, x, **kw):
     variables = {"params": params, "batch_stats": batch_stats}
@@ -185,7 +198,7 @@ def make_loss_fn(model, cfg: StepConfig):
   def loss_fn(params, batch_stats, images_u8, labels_int, key, first_group):
     y = core.one_hot(labels_int, cfg.num_classes, cfg.label_smoothing)
     x01 = images_u8.astype(jnp.float32) / 255.0
-    norm = functools.partial(normalize, mean=cfg.mean, std=cfg.std, max_value=1.0)
+    norm = lambda x: normalize(x, cfg.mean, cfg.std, max_value=1.0).astype(dtype)  # noqa: E731
     extra_grads = None
     scale = jnp.float32(1.0)
     if method.site == "hidden":
