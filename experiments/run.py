@@ -3,13 +3,15 @@
 Usage::
 
   python -m experiments.run --list [--only PATTERN ...]
-  python -m experiments.run --only NAME [NAME ...] [--dry_run] [--data_dir DIR] [--root_dir DIR] [-- EXTRA FLAGS]
+  python -m experiments.run --only NAME [NAME ...] [--dry_run] [--data_dir DIR] [--root_dir DIR] [--mixing_set DIR] [-- EXTRA FLAGS]
   python -m experiments.run --report --only PATTERN ... [--root_dir DIR]
 
 ``--only`` takes exact names or shell-style patterns (``'patchup.cifar10.*'``).
 Flags after ``--`` are appended to every command, so they override the entry's
-(e.g. ``-- --epochs 2 --max_steps_per_epoch 5`` for a smoke run). Each run goes
-through ``jaxmix.training.train`` into ``ROOT_DIR/NAME``; a finished run is not
+(e.g. ``-- --epochs 2 --max_steps_per_epoch 5`` for a smoke run; every entry's
+command line knows ``--epochs``). Entries that are an official command line verbatim
+(``Experiment.dialect``) are read by their dialect, as ``jaxmix seed DIALECT`` does.
+Each run goes through ``jaxmix.training.train`` into ``ROOT_DIR/NAME``; a finished run is not
 retrained (its summary is returned), an interrupted one resumes.
 ``--report`` prints, for the chosen entries, the papers' numbers next to the
 ``summary.json`` of the runs found under ``--root_dir``.
@@ -18,6 +20,7 @@ retrained (its summary is returned), an interrupted one resumes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import os
@@ -45,20 +48,44 @@ def select(patterns: Optional[Sequence[str]]) -> list:
   return sorted(chosen, key=EXPERIMENTS.index)
 
 
-def command(exp: Experiment, *, data_dir: Optional[str], root_dir: str, extra: Sequence[str] = ()) -> list:
-  """The full ``jaxmix train`` argument list of ``exp`` (without the program name)."""
-  argv = list(exp.argv) + ["--job_id", exp.name, "--root_dir", root_dir]
-  if data_dir:
-    argv += ["--data_dir", data_dir]
+def _paths(exp: Experiment, data_dir: Optional[str], mixing_set: Optional[str]) -> list:
+  """The data (and IPMix mixing-set) flags of an entry, in its command line's spelling."""
+  if exp.dialect == "ipmix":
+    return ["--data-path", data_dir or "data", "--mixing-set", mixing_set or "mixing_set"]
+  out = ["--data_dir", data_dir] if data_dir else []
+  if mixing_set and not exp.dialect and "ipmix" in exp.argv:
+    out += ["--mixing_set", mixing_set]
+  return out
+
+
+def command(
+  exp: Experiment, *, data_dir: Optional[str], root_dir: str, extra: Sequence[str] = (), mixing_set: Optional[str] = None
+) -> list:
+  """The full argument list of ``exp`` after ``jaxmix train`` (or ``jaxmix seed DIALECT``)."""
+  argv = list(exp.argv) + _paths(exp, data_dir, mixing_set)
+  if exp.dialect == "ipmix":
+    argv += ["--save", os.path.join(root_dir, exp.name)]
+  else:
+    argv += ["--job_id", exp.name, "--root_dir", root_dir]
   return argv + list(extra)
 
 
-def config(exp: Experiment, *, data_dir: Optional[str] = None, root_dir: str = "runs", extra: Sequence[str] = ()):
-  """The ``jaxmix.training.TrainConfig`` of ``exp``, parsed by ``jaxmix train``'s own parser."""
+def program(exp: Experiment) -> str:
+  """``jaxmix train`` or ``jaxmix seed DIALECT``."""
+  return f"jaxmix seed {exp.dialect}" if exp.dialect else "jaxmix train"
+
+
+def config(exp: Experiment, *, data_dir: Optional[str] = None, root_dir: str = "runs", extra: Sequence[str] = (), mixing_set=None):
+  """The ``jaxmix.training.TrainConfig`` of ``exp``, parsed by ``jaxmix train``'s parser or by its dialect."""
   from jaxmix import training as jtrain
 
-  args = jtrain.build_parser().parse_args(command(exp, data_dir=data_dir, root_dir=root_dir, extra=extra))
-  return jtrain.config_from_args(args)
+  argv = command(exp, data_dir=data_dir, root_dir=root_dir, extra=extra, mixing_set=mixing_set)
+  if exp.dialect:
+    from jaxmix import dialects
+
+    cfg, _, _ = dialects.parse(exp.dialect, argv)
+    return dataclasses.replace(cfg, root_dir=root_dir, job_id=exp.name)
+  return jtrain.config_from_args(jtrain.build_parser().parse_args(argv))
 
 
 def _fmt_expected(exp: Experiment) -> str:
@@ -104,6 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--report", action="store_true", help="print expected vs measured for the runs under --root_dir")
   p.add_argument("--data_dir", default=None, help="passed to jaxmix train (tfds data dir or local class folders)")
   p.add_argument("--root_dir", default="runs", help="run directories are ROOT_DIR/NAME")
+  p.add_argument("--mixing_set", default=None, help="IPMix's mixing set (a folder of pictures), for the IPMix entries")
   args = p.parse_args(argv)
   try:
     entries = select(args.only)
@@ -121,13 +149,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   if args.dry_run:
     for e in entries:
-      print("jaxmix train " + shlex.join(command(e, data_dir=args.data_dir, root_dir=args.root_dir, extra=extra)))
+      print(
+        f"{program(e)} " + shlex.join(command(e, data_dir=args.data_dir, root_dir=args.root_dir, extra=extra, mixing_set=args.mixing_set))
+      )
     return 0
   from jaxmix import training as jtrain
 
   for e in entries:
     print(f"experiments.run: {e.name} (expected: {_fmt_expected(e)})", flush=True)
-    summary = jtrain.train(config(e, data_dir=args.data_dir, root_dir=args.root_dir, extra=extra))
+    summary = jtrain.train(config(e, data_dir=args.data_dir, root_dir=args.root_dir, extra=extra, mixing_set=args.mixing_set))
     print(f"experiments.run: {e.name} test top-1 {summary['test']['top1']:.2f}% (expected: {_fmt_expected(e)})", flush=True)
   return 0
 

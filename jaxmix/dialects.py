@@ -281,17 +281,23 @@ def _ipmix_parser() -> argparse.ArgumentParser:
 
 def _ipmix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
   script = "cifar.py (IPMix)"
-  if args.model != "wrn":
-    _unsupported(script, "--model", f"{args.model!r} is not a jaxmix model; 'wrn' (WRN-{args.layers}-{args.widen_factor}) is.")
+  if args.model not in ("wrn", "resnext"):
+    _unsupported(
+      script,
+      "--model",
+      f"{args.model!r} is not a jaxmix model; 'wrn' (WRN-{args.layers}-{args.widen_factor}) and 'resnext' (ResNeXt-29) are.",
+    )
+  arch, model_kwargs = ("wrn40_4", {"depth": args.layers, "widen_factor": args.widen_factor}) if args.model == "wrn" else ("resnext29", {})
   if args.evaluate:
     _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
   return jconfig.TrainConfig(
     dataset=args.dataset,
     data_dir=args.data_path,
     root_dir=args.save,
-    arch="wrn40_4",
-    model_kwargs={"depth": args.layers, "widen_factor": args.widen_factor},
+    arch=arch,
+    model_kwargs=model_kwargs,
     train="ipmix",
+    mixing_set=args.mixing_set,
     hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity, "overflow": "wrap"},
     loss="ce",
     jsd=not args.no_jsd,
@@ -322,7 +328,6 @@ DIALECTS = {
 _NOTES = {
   "ipmix": (
     "--droprate: the jaxmix WideResNet has no dropout",
-    "--mixing-set: the pictures of the folder are not read; jaxmix mixes with its procedural fractals",
     "normalisation: the CIFAR mean/std instead of the official 0.5/0.5",
   ),
   "puzzlemix": (),

@@ -109,7 +109,7 @@ def test_ipmix_command_trains_what_its_cifar_py_trains():
   assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.decay, cfg.eval_batch_size) == (100, 128, 0.1, 5e-4, 1000)
   assert cfg.arch == "wrn40_4" and cfg.model_kwargs == {"depth": 40, "widen_factor": 4}
   assert cfg.hparams == {"k": 3, "depth": 3, "beta": 3.0, "severity": 3, "overflow": "wrap"} and cfg.data_dir == "./data"
-  assert any("droprate" in n for n in notes) and any("mixing-set" in n for n in notes)
+  assert any("droprate" in n for n in notes) and cfg.mixing_set == "./mixing_set"  # its pictures are read
   cfg, _, _ = dialects.parse("ipmix", shlex.split(IPMIX_README) + ["--no-jsd", "-e", "5", "--k", "2"])
   assert (cfg.jsd, cfg.epochs, cfg.hparams["k"]) == (False, 5, 2)
 
@@ -118,8 +118,10 @@ def test_unknown_flags_unsupported_values_and_ignored_flags(capsys):
   with pytest.raises(SystemExit):
     dialects.parse("puzzlemix", ["--train", "mixup", "--mixup_alpha", "1", "--graph_cut", "True"])
   assert "--graph_cut" in capsys.readouterr().err
-  assert dialects.cli_main(["ipmix", *shlex.split(IPMIX_README), "--model", "resnext"]) == 2
-  assert "resnext" in capsys.readouterr().err
+  assert dialects.cli_main(["ipmix", *shlex.split(IPMIX_README), "--model", "densenet"]) == 2
+  assert "densenet" in capsys.readouterr().err
+  cfg, _, _ = dialects.parse("ipmix", shlex.split(IPMIX_README) + ["--model", "resnext"])
+  assert cfg.arch == "resnext29" and cfg.model_kwargs == {}
   assert dialects.cli_main(["patchup", "--dropout"]) == 2
   assert "dropout" in capsys.readouterr().err
   assert dialects.cli_main(["puzzlemix", "--workers", "8", "--mp", "4", "--print_config"]) == 0

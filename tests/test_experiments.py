@@ -22,7 +22,7 @@ from jaxmix import training as jtrain  # noqa: E402
 
 
 def _method_of(exp):
-  return exp.argv[exp.argv.index("--train") + 1]
+  return _parse(exp).train if exp.dialect else exp.argv[exp.argv.index("--train") + 1]
 
 
 def _parse(exp, extra=()):
@@ -44,7 +44,9 @@ def test_names_unique_and_counts_per_seed_repo():
   # PatchUp: 3 datasets x 3 archs x 8 methods + 8 deformed + 8 FGSM; Patch Augmentation: 2 x 2 x 2 + the 2 models of
   # the adversarial notebook; Puzzle Mix: 2 archs x (2 budgets + adversarial + 4 baselines); IPMix: 2 datasets x
   # (2 archs + no-JSD).
-  assert counts == {"chandar-lab/PatchUp": 88, "mdbloice/Patch-Augmentation": 10, "snu-mllab/PuzzleMix": 14, "hzlsaber/IPMix": 6}
+  # Puzzle Mix also: its 8 Tiny-ImageNet README commands and 3 ImageNet runs; IPMix: 2 datasets x (WRN, ResNeXt,
+  # WRN without JSD) + ImageNet.
+  assert counts == {"chandar-lab/PatchUp": 88, "mdbloice/Patch-Augmentation": 10, "snu-mllab/PuzzleMix": 25, "hzlsaber/IPMix": 7}
 
 
 def test_patchup_grid_is_complete():
@@ -65,10 +67,12 @@ def test_every_entry_parses_into_a_valid_config(exp):
   # every method flag reached a hyper-parameter the registry op knows (Puzzle Mix's adversarial
   # flags belong to puzzlemix_train_batch, the training-loop wrapper of the op)
   known = set(jaxmix.METHODS[cfg.train].defaults) | ({"adv_p", "adv_eps"} if cfg.train == "puzzlemix" else set())
+  known |= {"manifold_mixup": {"sites"}, "cutmix": {"box_rule"}, "ipmix": {"overflow"}}.get(cfg.train, set())  # dialect settings
   assert set(cfg.hparams) <= known, (cfg.hparams, known)
   jtrain.make_optimizer(cfg, steps_per_epoch=10)  # raises on an inconsistent optimiser / schedule
+  keys = ("test_top1", "test_top5", "fgsm_top1", "fgsm_8_255_top1", "fgsm_cleverhans_eps0.001_top1", "fgsm_cleverhans_eps0.03_top1")
   for key, value in exp.expected.items():
-    assert key in ("test_top1", "fgsm_8_255_top1", "fgsm_cleverhans_eps0.001_top1", "fgsm_cleverhans_eps0.03_top1") and 0 < value <= 100
+    assert key in keys and 0 < value <= 100
   assert exp.source
 
 
@@ -160,7 +164,9 @@ def test_puzzlemix_entries():
 
 
 def test_ipmix_entries():
-  cfg = _parseable(seeds.BY_NAME["ipmix.cifar10.wrn28_10.ipmix"])
+  exp = seeds.BY_NAME["ipmix.cifar10.wrn40_4.ipmix"]
+  assert exp.dialect == "ipmix" and exp.argv == ("--dataset", "cifar10", "--model", "wrn")  # its README's line
+  cfg = runner.config(exp, data_dir="/data", root_dir="/tmp/root", mixing_set="/mix")
   assert (cfg.jsd, cfg.lr_schedule, cfg.decay, cfg.crop_padding, cfg.loss, cfg.batch_size, cfg.epochs) == (
     True,
     "cosine",
@@ -170,7 +176,41 @@ def test_ipmix_entries():
     128,
     100,
   )
-  assert not _parse(seeds.BY_NAME["ipmix.cifar100.wrn28_10.ipmix_nojsd"]).jsd
+  assert (cfg.arch, cfg.mixing_set, cfg.data_dir, cfg.run_dir()) == ("wrn40_4", "/mix", "/data", "/tmp/root/ipmix.cifar10.wrn40_4.ipmix")
+  assert not _parse(seeds.BY_NAME["ipmix.cifar100.wrn40_4.ipmix_nojsd"]).jsd
+  assert _parse(seeds.BY_NAME["ipmix.cifar100.resnext29.ipmix"]).arch == "resnext29"
+  imagenet = _parse(seeds.BY_NAME["ipmix.imagenet.resnet50.ipmix_180ep"])
+  assert (imagenet.dataset, imagenet.arch, imagenet.epochs, imagenet.hparams["beta"], imagenet.hparams["severity"]) == (
+    "imagenet2012",
+    "resnet50",
+    180,
+    4,
+    1,
+  )
+
+
+def test_puzzlemix_tiny_imagenet_and_imagenet_entries():
+  tiny = seeds.BY_NAME["puzzlemix.tiny-imagenet-200.preactresnet18.puzzlemix_1200ep"]
+  assert tiny.dialect == "puzzlemix" and tiny.expected == {"test_top1": 63.48, "test_top5": 81.05, "fgsm_top1": 7.48}
+  assert "--graph" in tiny.argv and "--gammas" in tiny.argv  # its own flags
+  cfg = _parse(tiny)
+  assert (cfg.dataset, cfg.arch, cfg.train, cfg.epochs, cfg.crop_padding, cfg.clean_lam) == (
+    "tiny-imagenet-200",
+    "preactresnet18_64",
+    "puzzlemix",
+    1200,
+    4,
+    1.0,
+  )
+  assert _parse(seeds.BY_NAME["puzzlemix.tiny-imagenet-200.preactresnet18.cutmix_1200ep"]).hparams["box_rule"] == "puzzlemix"
+  imagenet = _parse(seeds.BY_NAME["puzzlemix.imagenet.resnet50.puzzlemix_300ep"])
+  assert (imagenet.arch, imagenet.epochs, imagenet.schedule, imagenet.loss, imagenet.batch_size) == (
+    "resnet50",
+    300,
+    (75, 150, 225),
+    "ce",
+    256,
+  )
 
 
 def test_extra_flags_override():
@@ -201,7 +241,7 @@ def test_dry_run_prints_commands(capsys):
 def test_runner_list_and_refusals(capsys):
   assert runner.main(["--list", "--only", "puzzlemix.*"]) == 0
   out = capsys.readouterr().out
-  assert "fgsm_8_255_top1 42.89" in out and "snu-mllab/PuzzleMix: 14" in out
+  assert "fgsm_8_255_top1 42.89" in out and "snu-mllab/PuzzleMix: 25" in out
   assert runner.main([]) == 2  # no --only: refuses to run everything
   assert runner.main(["--only", "nope"]) == 2
 

@@ -115,6 +115,12 @@ class TrainConfig:
   tensorboard: bool = _field(False, "write TensorBoard event files to RUN_DIR/tensorboard (needs tensorboardX)")
   ema_decay: float = _field(0.0, "keep an EMA of the weights and BN statistics with this decay (timm --model-ema-decay); 0 = none")
   jsd: bool = _field(False, "IPMix JSD consistency loss (clean + two views)", group="method")
+  mixing_set: Optional[str] = _field(
+    None,
+    "IPMix: a folder or zip of mixing pictures (resized to 36/32 of the image side, randomly cropped per example, as the "
+    "official Resize(36) + RandomCrop(32)); default: jaxmix's procedural fractals",
+    group="method",
+  )
   clean_lam: float = _field(0.0, "Puzzle Mix clean-loss weight (> 0 keeps its parameter gradients)", group="method")
   eval_batch_size: int = _field(500, "evaluation batch size")
   keep_checkpoints: int = _field(2, "periodic checkpoints to keep")
@@ -364,6 +370,8 @@ def validate(cfg: TrainConfig) -> None:
   _finite(cfg, "clean_lam")
   _finite(cfg, "ema_decay", high=0.999999)
   get_method(cfg.train)
+  if cfg.mixing_set is not None and cfg.train != "ipmix":
+    _fail("mixing_set", cfg.mixing_set, "given only with --train ipmix (the mixing pictures of IPMix)")
   for name, value, choices in (
     ("arch", cfg.arch, models.ARCHS),
     ("dtype", cfg.dtype, models.DTYPES),

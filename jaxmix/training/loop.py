@@ -25,7 +25,7 @@ import numpy as np
 from jaxmix.evaluation.protocols import evaluate_all
 from jaxmix.training import checkpoint as ckpt
 from jaxmix.training import data as jdata
-from jaxmix.training import models
+from jaxmix.training import models, sources
 from jaxmix.training import step as ts
 from jaxmix.training.config import (
   TrainConfig,
@@ -119,6 +119,9 @@ def train(cfg: TrainConfig) -> dict:
     _say(f"jaxmix train: {run_dir} already holds a finished run; not overwriting it. Test: {finished.get('test')}")
     return finished
   data = load_data(cfg)
+  mixing_pictures = None
+  if cfg.mixing_set is not None:  # IPMix's Resize(36) for 32x32: 9/8 of the side
+    mixing_pictures = sources.load_pictures(cfg.mixing_set, short_side=data.image_size + data.image_size // 8)
   mesh = ts.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
   if jax.process_count() > 1 and n_dev != jax.device_count():
@@ -186,6 +189,7 @@ def train(cfg: TrainConfig) -> dict:
       crop_padding=cfg.crop_padding,
       flip=cfg.flip,
       random_resized_crop=data.image_size if data.augment == "inception" else None,
+      mixing_pictures=mixing_pictures,
       num_shards=jax.process_count(),
       shard_index=jax.process_index(),
     )

@@ -133,16 +133,24 @@ def l2_conv(params) -> jax.Array:
   return sum(terms) if terms else jnp.float32(0.0)
 
 
-def _grouped(op, key, images, labels, group_size: int, first_group):
+def _mixing_kwargs(mixing) -> dict:
+  """IPMix's per-example mixing pictures from the input pipeline (``batch["mixing"]``), or none."""
+  if mixing is None:
+    return {}
+  return {"mixing_set": mixing, "mixing_index": jnp.arange(mixing.shape[0], dtype=jnp.int32)}
+
+
+def _grouped(op, key, images, labels, group_size: int, first_group, mixing=None):
   """Applies ``op`` per group of ``group_size`` examples, keyed by global group index."""
   batch = images.shape[0]
   if group_size <= 0:
-    return op(key, images, labels)
+    return op(key, images, labels, **_mixing_kwargs(mixing))
   if batch % group_size:
     raise ValueError(f"group_size={group_size} must divide the per-device batch {batch}.")
   n = batch // group_size
   keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(first_group + jnp.arange(n))
-  res = jax.vmap(op)(keys, images.reshape(n, group_size, *images.shape[1:]), labels.reshape(n, group_size, -1))
+  split = lambda a: None if a is None else a.reshape(n, group_size, *a.shape[1:])  # noqa: E731
+  res = jax.vmap(lambda k, x, y, m: op(k, x, y, **_mixing_kwargs(m)))(keys, split(images), split(labels), split(mixing))
   flat = lambda a: None if a is None else a.reshape(batch, *a.shape[2:])  # noqa: E731
   offsets = (jnp.arange(n, dtype=jnp.int32) * group_size)[:, None]
   perm = (res.perm + offsets).reshape(batch)
@@ -195,7 +203,7 @@ def make_loss_fn(model, cfg: StepConfig):
     out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
     return out, updates["batch_stats"]
 
-  def loss_fn(params, batch_stats, images_u8, labels_int, key, first_group):
+  def loss_fn(params, batch_stats, images_u8, labels_int, key, first_group, mixing=None):
     y = core.one_hot(labels_int, cfg.num_classes, cfg.label_smoothing)
     x01 = images_u8.astype(jnp.float32) / 255.0
     norm = lambda x: normalize(x, cfg.mean, cfg.std, max_value=1.0).astype(dtype)  # noqa: E731
@@ -213,7 +221,7 @@ def make_loss_fn(model, cfg: StepConfig):
       logits, new_bs = forward(params, batch_stats, res.images)
       targets = res.labels
     elif cfg.jsd:
-      views = ipmix_views(key, x01, **hp)
+      views = ipmix_views(key, x01, **hp, **_mixing_kwargs(mixing))
       both = jnp.concatenate([x01, views[0], views[1]], axis=0)
       all_logits, new_bs = forward(params, batch_stats, norm(both))
       b = x01.shape[0]
@@ -223,7 +231,7 @@ def make_loss_fn(model, cfg: StepConfig):
       return loss, (new_bs, logits, y, extra_grads)
     else:
       if method.pixel_space:
-        res = _grouped(op, key, x01, y, cfg.group_size, first_group)
+        res = _grouped(op, key, x01, y, cfg.group_size, first_group, mixing)
         x_in, targets = norm(res.images), res.labels
       else:
         res = _grouped(op, key, norm(x01), y, cfg.group_size, first_group)
@@ -285,19 +293,21 @@ def make_train_step(model, cfg: StepConfig, mesh, *, per_device_batch: Optional[
 
   Returns:
     ``step``; ``batch`` is ``{"image": uint8 [B, H, W, C], "label": int [B]}``
-    sharded over ``"data"``, ``key`` the run's base key (typed or raw). The state
-    is donated.
+    (for IPMix optionally ``"mixing"``, uint8 ``[B, H, W, C]``: each example's mixing
+    picture, from ``train_batches(..., mixing_pictures=...)``) sharded over
+    ``"data"``, ``key`` the run's base key (typed or raw). The state is donated.
   """
   loss_fn = make_loss_fn(model, cfg)
   if cfg.group_size and per_device_batch and per_device_batch % cfg.group_size:
     raise ValueError(f"group_size={cfg.group_size} must divide the per-device batch {per_device_batch}.")
 
-  def per_device(state, images, labels, key):
+  def per_device(state, images, labels, key, extras):
     key = jax.random.wrap_key_data(key) if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     mix_key = _mix_key(key, state.step, cfg.group_size)
     first_group = jax.lax.axis_index(AXIS) * (images.shape[0] // cfg.group_size) if cfg.group_size else 0
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (new_bs, logits, _, extra), grads) = _unpack(grad_fn(state.params, state.batch_stats, images, labels, mix_key, first_group))
+    args = (state.params, state.batch_stats, images, labels, mix_key, first_group, extras.get("mixing"))
+    (loss, (new_bs, logits, _, extra), grads) = _unpack(grad_fn(*args))
     if extra is not None:
       grads = jax.tree.map(jnp.add, grads, extra)
     grads = jax.lax.pmean(grads, AXIS)
@@ -312,7 +322,7 @@ def make_train_step(model, cfg: StepConfig, mesh, *, per_device_batch: Optional[
   sharded = jax.shard_map(
     per_device,
     mesh=mesh,
-    in_specs=(P(), P(AXIS), P(AXIS), P()),
+    in_specs=(P(), P(AXIS), P(AXIS), P(), P(AXIS)),
     out_specs=(P(), P()),
     check_vma=False,
   )
@@ -323,7 +333,8 @@ def make_train_step(model, cfg: StepConfig, mesh, *, per_device_batch: Optional[
   def step(state, batch, key):
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.key_data(key)
-    return sharded(state, batch["image"], batch["label"], key)
+    extras = {k: batch[k] for k in ("mixing",) if k in batch and cfg.method == "ipmix"}  # others ignore it
+    return sharded(state, batch["image"], batch["label"], key, extras)
 
   return step
 
