@@ -116,6 +116,7 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--methods", nargs="*", default=None)
+  p.add_argument("--dtype", default="float32", choices=models.DTYPES, help="the model's compute dtype (bfloat16: mixed precision)")
   p.add_argument("--out", default=None, help="also write the results as JSON")
   args = p.parse_args()
 
@@ -124,7 +125,7 @@ def main():
   mesh = jax.make_mesh((jax.device_count(),), (ts.AXIS,))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  model = models.get_model("preactresnet_small", 10)
+  model = models.get_model("preactresnet_small", 10, dtype=args.dtype)
   methods = args.methods or list(jaxmix.METHODS)
   if "vanilla" in methods:
     methods.remove("vanilla")
@@ -132,7 +133,7 @@ def main():
 
   cpu = platform.processor() or platform.machine()
   print(f"# {time.strftime('%Y-%m-%d')} | {cpu} | {os.cpu_count()} cores | {jax.device_count()} device(s)")
-  print(f"# preactresnet_small ({models.count_params(model):,} params), batch {args.batch}, median of {args.steps} steps\n")
+  print(f"# preactresnet_small ({models.count_params(model):,} params, {args.dtype}), batch {args.batch}, median of {args.steps} steps\n")
   print("| method | op acts on | op ms / batch | step compile s | ms / step | img/s | step / vanilla |")
   print("|---|---|---:|---:|---:|---:|---:|")
   rows = {}
@@ -152,10 +153,10 @@ def main():
   for b in jdata.train_batches(ds.train, batch_size=args.batch, seed=0, epoch=1):
     n += len(b["label"])
   pipe = n / (time.perf_counter() - t0)
-  print(f"\ninput pipeline (tf.data crop+flip, host): {pipe:,.0f} img/s vs vanilla step {rows['vanilla']['img_per_s']:,.0f} img/s")
+  print(f"\ninput pipeline (numpy crop+flip, host): {pipe:,.0f} img/s vs vanilla step {rows['vanilla']['img_per_s']:,.0f} img/s")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"date": time.strftime("%Y-%m-%d"), "batch": args.batch, "methods": rows, "pipeline_img_per_s": pipe}, f, indent=2)
+      json.dump({"date": time.strftime("%Y-%m-%d"), "batch": args.batch, "dtype": args.dtype, "methods": rows, "pipeline_img_per_s": pipe}, f, indent=2)
 
 
 if __name__ == "__main__":
