@@ -156,7 +156,11 @@ def main():
   print(f"\ninput pipeline (numpy crop+flip, host): {pipe:,.0f} img/s vs vanilla step {rows['vanilla']['img_per_s']:,.0f} img/s")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"date": time.strftime("%Y-%m-%d"), "batch": args.batch, "dtype": args.dtype, "methods": rows, "pipeline_img_per_s": pipe}, f, indent=2)
+      json.dump(
+        {"date": time.strftime("%Y-%m-%d"), "batch": args.batch, "dtype": args.dtype, "methods": rows, "pipeline_img_per_s": pipe},
+        f,
+        indent=2,
+      )
 
 
 if __name__ == "__main__":
