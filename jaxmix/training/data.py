@@ -551,7 +551,7 @@ def train_batches(
 
   def make(i: int) -> dict:
     idx, y, x, fl, pos = (a[i] for a in plan)
-    images = _gather(split.images, idx)
+    images = sources.gather_rows(split.images, idx)
     if random_resized_crop:
       images = _resized_crops(images, _crop_uniforms(rrc_key, pos), random_resized_crop)
     elif pad:
@@ -564,14 +564,6 @@ def train_batches(
     return batch
 
   return _ordered(make, len(plan[0]), workers)
-
-
-def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
-  """``images[idx]``, read in sorted order (sequential pages of a memory map)."""
-  order = np.argsort(idx, kind="stable")
-  out = np.empty((len(idx), *images.shape[1:]), np.uint8)
-  out[order] = images[idx[order]]
-  return out
 
 
 def _pad_crops(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, pad: int) -> np.ndarray:

@@ -56,6 +56,7 @@ __all__ = (
   "cached_split",
   "decode",
   "dir_fingerprint",
+  "gather_rows",
   "list_class_folders",
   "list_tiny_imagenet",
   "listing_examples",
@@ -346,24 +347,28 @@ def list_tiny_imagenet(data_dir: str) -> tuple[Listing, Listing]:
 # Decoding
 
 
-def _to_size(img, size: Optional[int], resize: Optional[int]):
-  """Resize the shorter side to ``resize`` (default ``size``), centre-crop ``size``."""
+def _shorter_side(img, short: int):
+  """``img`` resized (bilinear, antialiased) so that its shorter side is ``short``, as torchvision's ``Resize(short)``."""
   from PIL import Image
 
+  w, h = img.size
+  size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+  return img if size == (w, h) else img.resize(size, Image.BILINEAR)
+
+
+def _centre(length: int, crop: int) -> int:
+  """Offset of a centred crop, as torchvision's ``CenterCrop``."""
+  return int(round((length - crop) / 2.0))
+
+
+def _to_size(img, size: Optional[int], resize: Optional[int]):
+  """Resize the shorter side to ``resize`` (default ``size``), centre-crop ``size``."""
   if size is None:
     return img
-  short = resize or size
+  img = _shorter_side(img, resize or size)
   w, h = img.size
-  if (w, h) != (short, short) or short != size:
-    if w <= h:
-      nw, nh = short, int(short * h / w)
-    else:
-      nw, nh = int(short * w / h), short
-    if (nw, nh) != (w, h):
-      img = img.resize((nw, nh), Image.BILINEAR)
-    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-  return img
+  top, left = _centre(h, size), _centre(w, size)
+  return img.crop((left, top, left + size, top + size))
 
 
 def decode(blob, size: Optional[int] = None, resize: Optional[int] = None) -> np.ndarray:
@@ -604,10 +609,7 @@ def load_pictures(path: str, short_side: int) -> list[np.ndarray]:
 
     def one(n):
       try:
-        img = Image.open(io.BytesIO(archive.read(n))).convert("RGB")
-        w, h = img.size
-        size = (short_side, int(short_side * h / w)) if w <= h else (int(short_side * w / h), short_side)
-        return np.asarray(img.resize(size, Image.BILINEAR) if size != (w, h) else img, np.uint8)
+        return np.asarray(_shorter_side(Image.open(io.BytesIO(archive.read(n))).convert("RGB"), short_side), np.uint8)
       except (OSError, ValueError, SyntaxError) as e:
         return (n, str(e))
 
@@ -626,6 +628,14 @@ def load_pictures(path: str, short_side: int) -> list[np.ndarray]:
 # Subsets
 
 
+def gather_rows(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """``images[idx]`` as a new uint8 array, read in sorted order (sequential pages of a memory map)."""
+  order = np.argsort(idx, kind="stable")
+  out = np.empty((len(idx), *images.shape[1:]), np.uint8)
+  out[order] = images[idx[order]]
+  return out
+
+
 def take(images: np.ndarray, idx: np.ndarray, crop: Optional[int] = None) -> np.ndarray:
   """Rows ``idx`` of ``images`` (optionally centre-cropped to ``crop x crop``).
 
@@ -638,8 +648,7 @@ def take(images: np.ndarray, idx: np.ndarray, crop: Optional[int] = None) -> np.
   def cut(x):
     if crop is None:
       return x
-    h, w = x.shape[1:3]
-    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    top, left = _centre(x.shape[1], crop), _centre(x.shape[2], crop)
     return x[:, top : top + crop, left : left + crop]
 
   if not isinstance(images, np.memmap) or not getattr(images, "filename", None):
@@ -660,10 +669,7 @@ def take(images: np.ndarray, idx: np.ndarray, crop: Optional[int] = None) -> np.
   out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(idx), h, w, images.shape[3]))
   for i in range(0, len(idx), 4096):
     part = idx[i : i + 4096]
-    order = np.argsort(part, kind="stable")
-    rows = np.empty((len(part), *images.shape[1:]), np.uint8)
-    rows[order] = images[part[order]]  # sorted reads of the memory map
-    out[i : i + len(part)] = cut(rows)
+    out[i : i + len(part)] = cut(gather_rows(images, part))
   out.flush()
   del out
   os.replace(tmp, path)
