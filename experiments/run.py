@@ -50,6 +50,10 @@ def select(patterns: Optional[Sequence[str]]) -> list:
 
 def _paths(exp: Experiment, data_dir: Optional[str], mixing_set: Optional[str]) -> list:
   """The data (and IPMix mixing-set) flags of an entry, in its command line's spelling."""
+  if exp.dialect == "ipmix" and "--num-classes" in exp.argv:  # imagenet.py: DIR/train and DIR/val
+    root = data_dir or "data/imagenet"
+    split_dirs = ["--data-standard", os.path.join(root, "train"), "--data-val", os.path.join(root, "val")]
+    return split_dirs + ["--mixing-set", mixing_set or "mixing_set"]
   if exp.dialect == "ipmix":
     return ["--data-path", data_dir or "data", "--mixing-set", mixing_set or "mixing_set"]
   out = ["--data_dir", data_dir] if data_dir else []

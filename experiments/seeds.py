@@ -1,38 +1,31 @@
-"""Every training command of the seed READMEs as a ``jaxmix train`` entry, with the papers' numbers.
+"""Every training command of the seed READMEs, with the papers' numbers.
 
-Each :class:`Experiment` holds the ``jaxmix train`` flags of one seed command
-(without ``--data_dir`` / ``--root_dir`` / ``--job_id``, which the runner adds), the
-numbers the paper or README reports for it (``expected``, in percent) and where
-each number comes from (``source``). A number that could not be read from a public
-source is left out and the ``source`` says so; none is invented.
+Each :class:`Experiment` holds one seed command (without its data and output paths,
+which the runner adds), the numbers the paper or README reports for it (``expected``,
+in percent) and where each number comes from (``source``). A number that could not be
+read from a public source is left out and the ``source`` says so; none is invented.
 
-Seed repositories and how their flags map onto ``jaxmix train``:
+Where the seed repository has a command line, the entry *is* that command line,
+verbatim, read by its dialect (``dialect``, as ``jaxmix seed DIALECT`` reads it,
+``jaxmix/dialects.py``), so it trains what the official script trains:
 
-* **PatchUp** (``chandar-lab/PatchUp`` README): the commands are PatchUp's
-  ``main.py`` flags, which ``jaxmix train`` accepts as they are. CIFAR-100 / SVHN
+* **PatchUp** (``chandar-lab/PatchUp`` README): its ``main.py`` lines. CIFAR-100 / SVHN
   change only ``--dataset`` and ``--labels_per_class`` / ``--valid_labels_per_class``
-  (README "CIFAR-100" / "SVHN" sections); SVHN also gets ``--cutout 20`` (README note)
-  and ``--flip False`` (PatchUp's ``data_loader.py`` crops SVHN without flipping,
-  docs/algorithms/recipes.md#preactresnet-and-wrn-lineage).
-* **Patch Augmentation** (``mdbloice/Patch-Augmentation`` notebooks, docs/algorithms/recipes.md#keras-resnet20v1-and-resnet29v2): Keras
-  ResNet20v1 / ResNet29v2, Adam 1e-3 with the notebook's per-epoch schedule, L2 1e-4
-  on conv kernels in the loss, categorical CE, batch 128, 200 epochs, no crop/flip.
-  Deviation: the notebooks subtract the per-pixel mean image; jaxmix normalises
-  with the per-channel CIFAR mean/std.
-* **Puzzle Mix** (``snu-mllab/PuzzleMix`` README, docs/algorithms/puzzlemix.md / docs/algorithms/recipes.md): CIFAR-100 with the
-  full training set (``--labels_per_class 500``, no validation split), batch 100.
-  PuzzleMix's ``--train mixup --graph True`` is ``--train puzzlemix``; its
-  ``--beta`` is ``--pm_beta``; ``--gammas`` is ``--step_factors``; ``--train
-  mixup_hidden`` is ``manifold_mixup``; ``--box True`` (CutMix applied to every
-  batch) is ``cutmix --cutmix_prob 1.0``.
-* **Puzzle Mix, Tiny-ImageNet** (its README): the commands verbatim, run through
-  ``jaxmix seed puzzlemix`` (``dialect="puzzlemix"``); **ImageNet** (its
-  ``imagenet/train.py``): ResNet-50 for 300 epochs as ``jaxmix train`` flags.
-* **IPMix** (``hzlsaber/IPMix`` README + ``cifar.py``, docs/algorithms/ipmix.md / docs/algorithms/recipes.md):
-  its ``cifar.py`` command lines verbatim through ``jaxmix seed ipmix`` (JSD unless
-  ``--no-jsd``, WRN-40-4 or ResNeXt-29, the mixing set of ``--mixing_set``), and
-  ``imagenet.py``'s recipe as ``jaxmix train`` flags. Deviations: no dropout;
-  normalisation by CIFAR mean/std instead of 0.5/0.5.
+  (README "CIFAR-100" / "SVHN" sections); SVHN's Cutout gets ``--cutout 20`` (README note).
+* **Puzzle Mix** (``snu-mllab/PuzzleMix`` README): its ``main.py`` lines for CIFAR-100
+  (PreActResNet-18 and, as the README says to change, WRN-28-10) and Tiny-ImageNet.
+* **IPMix** (``hzlsaber/IPMix`` README): its ``cifar.py`` and ``imagenet.py`` lines.
+
+The rest are ``jaxmix train`` flags (``dialect == ""``):
+
+* **Patch Augmentation** (``mdbloice/Patch-Augmentation`` notebooks, no command line;
+  docs/algorithms/recipes.md#keras-resnet20v1-and-resnet29v2): Keras ResNet20v1 /
+  ResNet29v2, Adam 1e-3 with the notebook's per-epoch schedule, L2 1e-4 on conv kernels
+  in the loss, categorical CE, batch 128, 200 epochs, no crop/flip. Deviation: the
+  notebooks subtract the per-pixel mean image; jaxmix normalises with the per-channel
+  CIFAR mean/std.
+* **Puzzle Mix, ImageNet** (its ``imagenet/train.py``, which the README gives no
+  command line for): ResNet-50 for 300 epochs.
 """
 
 from __future__ import annotations
@@ -115,7 +108,7 @@ def _split(cmd: str) -> tuple:
 _PU_DATA = {
   "cifar10": "--dataset cifar10 --labels_per_class 5000 --valid_labels_per_class 500",
   "cifar100": "--dataset cifar100 --labels_per_class 500 --valid_labels_per_class 50",
-  "svhn": "--dataset svhn --labels_per_class 7325 --valid_labels_per_class 733 --flip False",
+  "svhn": "--dataset svhn --labels_per_class 7325 --valid_labels_per_class 733",
 }
 _PU_ARCH = {
   "preactresnet18": "--arch preactresnet18 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1",
@@ -147,7 +140,7 @@ def _patchup_entries():
     for arch in _PU_ARCH:
       for method in PATCHUP_METHODS:
         cmd = f"{_PU_DATA[dataset]} {_PU_ARCH[arch]} {_PU_COMMON} {_pu_method(method, dataset, arch)}"
-        yield Experiment(f"patchup.{dataset}.{arch}.{method}", "chandar-lab/PatchUp", _split(cmd), {}, SRC_PATCHUP)
+        yield Experiment(f"patchup.{dataset}.{arch}.{method}", "chandar-lab/PatchUp", _split(cmd), {}, SRC_PATCHUP, dialect="patchup")
   # Deformed images: README example is CIFAR-100 WRN-28-10 Soft PatchUp with gamma 0.25 and
   # --affine_test; "use the above as a pattern" for the other methods.
   for method in PATCHUP_METHODS:
@@ -155,10 +148,11 @@ def _patchup_entries():
     yield Experiment(
       f"patchup.deformed.cifar100.wrn28_10.{method}",
       "chandar-lab/PatchUp",
-      _split(cmd + " --affine_test True"),
+      _split(cmd + " --affine_test"),
       {},
       SRC_PATCHUP,
       "deformed test sets (PatchUp README 'Experiments on Deformed Images'); generated by jaxmix.deform, no load_data.py step",
+      dialect="patchup",
     )
   # FGSM: README example is CIFAR-10 PreActResNet18 Soft PatchUp with gamma 0.25 and --fsgm_attack True.
   for method in PATCHUP_METHODS:
@@ -172,6 +166,7 @@ def _patchup_entries():
       {},
       SRC_PATCHUP,
       "FGSM as PatchUp (normalised-space eps 0..0.2, batch-wide clamp), PatchUp README 'Robustness to Adversarial Examples'",
+      dialect="patchup",
     )
 
 
@@ -227,28 +222,31 @@ def _patch_augment_entries():
 # ----------------------------------------------------------------------------
 # Puzzle Mix
 
-_PM_DATA = "--dataset cifar100 --labels_per_class 500 --batch_size 100 --momentum 0.9 --decay 0.0001"
+# Its README's CIFAR-100 lines (without --data_dir / --root_dir): main.py's own defaults give batch 100 and no
+# validation split; the WRN-28-10 budgets change --arch, --epochs, --schedule (and --learning_rate) as it says.
+_PM_DATA = "--dataset cifar100 --labels_per_class 500"
 _PM_BUDGETS = {
-  ("preactresnet18", "long"): "--arch preactresnet18 --learning_rate 0.1 --epochs 1200 --schedule 400 800 --step_factors 0.1 0.1",
-  ("preactresnet18", "short"): "--arch preactresnet18 --learning_rate 0.2 --epochs 600 --schedule 350 500 --step_factors 0.1 0.1",
-  ("wrn28_10", "long"): "--arch wrn28_10 --learning_rate 0.1 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1",
-  ("wrn28_10", "short"): "--arch wrn28_10 --learning_rate 0.2 --epochs 200 --schedule 120 170 --step_factors 0.1 0.1",
+  ("preactresnet18", "long"): "--arch preactresnet18 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 1200 --schedule 400 800",
+  ("preactresnet18", "short"): "--arch preactresnet18 --learning_rate 0.2 --momentum 0.9 --decay 0.0001 --epochs 600 --schedule 350 500",
+  ("wrn28_10", "long"): "--arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300",
+  ("wrn28_10", "short"): "--arch wrn28_10 --learning_rate 0.2 --momentum 0.9 --decay 0.0001 --epochs 200 --schedule 120 170",
 }
 _PM_EPOCHS = {("preactresnet18", "long"): 1200, ("preactresnet18", "short"): 600, ("wrn28_10", "long"): 400, ("wrn28_10", "short"): 200}
 _PM_FLAGS = (
-  "--train puzzlemix --alpha 1.0 --n_labels 3 --eta 0.2 --pm_beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_size 4 --t_eps 0.8"
+  "--gammas 0.1 0.1 --train mixup --mixup_alpha 1.0 --graph True --n_labels 3 --eta 0.2 --beta 1.2 --gamma 0.5 --neigh_size 4 "
+  "--transport True --t_size 4 --t_eps 0.8"
 )
 _PM_ADV = "--adv_p 0.1 --adv_eps 10.0"
 _PM_BASELINES = {
-  "vanilla": "--train vanilla",
-  "mixup": "--train mixup --alpha 1.0",
-  "manifold_mixup": "--train manifold_mixup --alpha 2.0",
-  "cutmix": "--train cutmix --alpha 1.0 --cutmix_prob 1.0",
+  "vanilla": "--gammas 0.1 0.1 --train vanilla",
+  "mixup": "--gammas 0.1 0.1 --train mixup --mixup_alpha 1.0",
+  "manifold_mixup": "--gammas 0.1 0.1 --train mixup_hidden --mixup_alpha 2.0",
+  "cutmix": "--gammas 0.1 0.1 --train mixup --mixup_alpha 1.0 --box True",
 }
 
 
 def _puzzlemix_entries():
-  note = "graph-free Puzzle Mix (docs/algorithms/ 8.4); PuzzleMix reports the median test accuracy of the last 10 epochs"
+  note = "graph-free Puzzle Mix (docs/algorithms/puzzlemix.md); PuzzleMix reports the median test accuracy of the last 10 epochs"
   for arch in ("preactresnet18", "wrn28_10"):
     for budget in ("long", "short"):
       epochs = _PM_EPOCHS[(arch, budget)]
@@ -256,12 +254,14 @@ def _puzzlemix_entries():
       if arch == "wrn28_10" and budget == "long":
         expected, src = {"test_top1": 84.05}, SRC_PM_PWC
       cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, budget)]} {_PM_FLAGS}"
-      yield Experiment(f"puzzlemix.cifar100.{arch}.puzzlemix_{epochs}ep", "snu-mllab/PuzzleMix", _split(cmd), expected, src, note)
+      yield Experiment(
+        f"puzzlemix.cifar100.{arch}.puzzlemix_{epochs}ep", "snu-mllab/PuzzleMix", _split(cmd), expected, src, note, dialect="puzzlemix"
+      )
     long_epochs = _PM_EPOCHS[(arch, "long")]
     expected, src = {}, SRC_PM_NONE
     if arch == "preactresnet18":
       expected, src = {"test_top1": 80.34, "fgsm_8_255_top1": 42.89}, SRC_PM_README
-    cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, 'long')]} {_PM_FLAGS} {_PM_ADV} --fsgm_attack True"
+    cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, 'long')]} {_PM_FLAGS} {_PM_ADV}"
     yield Experiment(
       f"puzzlemix.cifar100.{arch}.puzzlemix_adv_{long_epochs}ep",
       "snu-mllab/PuzzleMix",
@@ -269,10 +269,13 @@ def _puzzlemix_entries():
       expected,
       src,
       note + "; adversarial variant (adv_p 0.1, adv_eps 10/255); FGSM 8/255 is in summary.json robustness.fgsm.pixel",
+      dialect="puzzlemix",
     )
     for method, flags in _PM_BASELINES.items():
       cmd = f"{_PM_DATA} {_PM_BUDGETS[(arch, 'long')]} {flags}"
-      yield Experiment(f"puzzlemix.cifar100.{arch}.{method}_{long_epochs}ep", "snu-mllab/PuzzleMix", _split(cmd), {}, SRC_PM_NONE)
+      yield Experiment(
+        f"puzzlemix.cifar100.{arch}.{method}_{long_epochs}ep", "snu-mllab/PuzzleMix", _split(cmd), {}, SRC_PM_NONE, dialect="puzzlemix"
+      )
 
 
 # ----------------------------------------------------------------------------
@@ -354,13 +357,6 @@ def _puzzlemix_large_entries():
 # ----------------------------------------------------------------------------
 # IPMix (cifar.py's command line, verbatim, through `jaxmix seed ipmix`; imagenet.py as jaxmix train flags)
 
-# imagenet.py defaults: ResNet-50, 180 epochs, batch 128, lr 0.01 with per-step cosine decay, wd 5e-4, JSD,
-# --beta 4, --aug-severity 1, RandomResizedCrop(224) + flip, ImageNet mean/std.
-_IPMIX_IMAGENET = (
-  "--dataset imagenet2012 --arch resnet50 --train ipmix --jsd True --loss ce --optimizer sgd --learning_rate 0.01 --momentum 0.9 "
-  "--nesterov True --decay 5e-4 --batch_size 128 --epochs 180 --lr_schedule cosine --ipmix_beta 4 --aug_severity 1 --eval_batch_size 512"
-)
-
 
 def _ipmix_entries():
   note = "no dropout in jaxmix's WideResNet; CIFAR mean/std normalisation instead of 0.5/0.5"
@@ -379,14 +375,14 @@ def _ipmix_entries():
         note,
         dialect="ipmix",
       )
-  yield Experiment(
+  yield Experiment(  # its README's imagenet.py line (ResNet-50, 180 epochs, JSD), the paths left to the runner
     "ipmix.imagenet.resnet50.ipmix_180ep",
     "hzlsaber/IPMix",
-    _split(_IPMIX_IMAGENET),
+    _split("--num-classes 1000"),
     {},
     SRC_IPMIX_NONE,
-    "its imagenet.py as jaxmix train flags; the mixing set comes from --mixing_set; the ImageNet IPMix's extra P step "
-    "with an augmented copy is not done (docs/algorithms/ipmix.md)",
+    "the ImageNet IPMix's extra P step with an augmented copy is not done (docs/algorithms/ipmix.md); ImageNet-R/-C/-A not evaluated",
+    dialect="ipmix",
   )
 
 

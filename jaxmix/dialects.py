@@ -1,7 +1,8 @@
 """``jaxmix seed patchup|puzzlemix|ipmix ...``: the seed repositories' command lines, verbatim.
 
 Each dialect is the official script's argument parser (its flags, spellings and
-defaults: PatchUp's and Puzzle Mix's ``main.py``, IPMix's ``cifar.py``) and a translation
+defaults: PatchUp's and Puzzle Mix's ``main.py``, IPMix's ``cifar.py`` and
+``imagenet.py``) and a translation
 of the parsed flags into a ``TrainConfig`` that trains what the official code trains.
 Flags that concern only the original's hardware or bookkeeping are accepted and reported
 as ignored; a flag the script does not have is an error naming it; a value jaxmix cannot
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Callable, NamedTuple, Sequence
 
@@ -23,7 +25,7 @@ from jaxmix.training import config as jconfig
 from jaxmix.training import loop, step
 from jaxmix.training.registry import parse_bool
 
-__all__ = ("DIALECTS", "Dialect", "cli_main", "parse")
+__all__ = ("DIALECTS", "REPOS", "Dialect", "cli_main", "parse")
 
 _SITES = ("input", "conv1", "layer1", "layer2", "layer3")
 
@@ -35,6 +37,8 @@ class Dialect(NamedTuple):
   parser: Callable[[], argparse.ArgumentParser]
   to_config: Callable[[argparse.Namespace], jconfig.TrainConfig]
   ignored: tuple
+  required: tuple = ()  # the script's required flags, with stand-in values (to read its defaults)
+  hyphens: bool = False  # the script spells its flags with hyphens (--mixing-set)
 
 
 def _unsupported(script: str, flag: str, why: str):
@@ -243,6 +247,7 @@ def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     clean_lam=args.clean_lam,
     crop_padding=4 if tiny else 2,
     seed=args.seed,
+    fsgm_attack=args.adv_p > 0,  # its main.py attacks the test set (FGSM 4/255 and 8/255) when --adv_p > 0
   )
 
 
@@ -314,14 +319,113 @@ def _ipmix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
   )
 
 
+# ----------------------------------------------------------------------------
+# IPMix imagenet.py
+
+
+def _ipmix_imagenet_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="jaxmix seed ipmix", description="IPMix's imagenet.py flags (python imagenet.py -> jaxmix seed ipmix [imagenet.py])."
+  )
+  a = p.add_argument
+  a("--data-standard", dest="data_standard", default="data/imagenet/train/")
+  a("--data-val", dest="data_val", default="data/imagenet/val/")
+  a("--imagenet-r-dir", dest="imagenet_r_dir", default="data/imagenet_r/")
+  a("--imagenet-c-dir", dest="imagenet_c_dir", default="data/imagenet_c/")
+  a("--imagenet-a-dir", dest="imagenet_a_dir", default="data/imagenet_a/")
+  a("--mixing-set", dest="mixing_set", required=True)
+  a("--num-classes", dest="num_classes", choices=["200", "1000"], required=True)
+  a("--aug-severity", dest="aug_severity", type=int, default=1)
+  a("--beta", type=int, default=4)
+  a("--k", type=int, default=3)
+  a("--t", type=int, default=3)
+  a("--no-jsd", "-nj", dest="no_jsd", action="store_true")
+  a("--all-ops", "-all", dest="all_ops", action="store_true")
+  a("--save", default="checkpoints/TEMP")
+  a("--arch", "-a", default="resnet50")
+  a("--workers", "-j", type=int, default=36)
+  a("--epochs", type=int, default=180)
+  a("--start-epoch", dest="start_epoch", type=int, default=0)
+  a("--batch-size", "-b", dest="batch_size", type=int, default=128)
+  a("--batch-size-val", dest="batch_size_val", type=int, default=512)
+  a("--lr", "--learning-rate", dest="lr", type=float, default=0.01)
+  a("--momentum", type=float, default=0.9)
+  a("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4)
+  a("--decay_epochs", "--de", type=int, nargs="+", default=[30, 60])
+  a("--print-freq", "-p", dest="print_freq", type=int, default=10)
+  a("--resume", default="")
+  a("--evaluate", "-e", action="store_true")
+  a("--pretrained", action="store_true")
+  return p
+
+
+def _imagenet_root(script: str, train: str, val: str) -> str:
+  """The folder whose ``train/`` and ``val/`` are ``train`` and ``val`` (jaxmix reads one folder of both)."""
+  train, val = os.path.normpath(train), os.path.normpath(val)
+  root = os.path.dirname(train)
+  if os.path.basename(train) != "train" or os.path.basename(val) not in ("val", "test") or os.path.dirname(val) != root:
+    _unsupported(
+      script,
+      "--data-standard/--data-val",
+      f"jaxmix reads the train/ and val/ class folders of one directory; got {train!r} and {val!r} (pass DIR/train and DIR/val).",
+    )
+  return root
+
+
+def _ipmix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
+  script = "imagenet.py (IPMix)"
+  if args.num_classes != "1000":
+    _unsupported(script, "--num-classes", "only 1000 is implemented (200 is the ImageNet-R class subset, which jaxmix does not select).")
+  if args.arch != "resnet50":
+    _unsupported(script, "--arch", f"{args.arch!r} is not a jaxmix ImageNet model; resnet50 is.")
+  if args.all_ops:
+    _unsupported(script, "--all-ops", "jaxmix's IPMix has the ten default operations, not the four colour ones --all-ops adds.")
+  for flag in ("evaluate", "pretrained"):
+    if getattr(args, flag):
+      _unsupported(script, f"--{flag}", "use 'jaxmix eval --checkpoint RUN_DIR' on a jaxmix run; torchvision weights are not loaded.")
+  return jconfig.TrainConfig(
+    dataset="imagenet2012",
+    data_dir=_imagenet_root(script, args.data_standard, args.data_val),
+    root_dir=args.save,
+    arch="resnet50",
+    train="ipmix",
+    mixing_set=args.mixing_set,
+    hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity, "overflow": "wrap"},
+    loss="ce",
+    jsd=not args.no_jsd,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    eval_batch_size=args.batch_size_val,
+    learning_rate=args.lr,
+    momentum=args.momentum,
+    nesterov=True,
+    decay=args.weight_decay,
+    lr_schedule="cosine",  # its LambdaLR cosine per step; --decay_epochs is parsed but never used
+    print_freq=args.print_freq,
+  )
+
+
 DIALECTS = {
   "patchup": Dialect("main.py", _patchup_parser, _patchup_config, ("ngpu", "workers", "add_name", "checkpoint", "resume", "start_epoch")),
   "puzzlemix": Dialect(
     "main.py", _puzzlemix_parser, _puzzlemix_config, ("mp", "ngpu", "workers", "add_name", "log_off", "resume", "start_epoch", "in_batch")
   ),
-  "ipmix": Dialect("cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume")),
+  "ipmix": Dialect(
+    "cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume"), ("--data-path", "x", "--mixing-set", "x"), hyphens=True
+  ),
+  "ipmix_imagenet": Dialect(
+    "imagenet.py",
+    _ipmix_imagenet_parser,
+    _ipmix_imagenet_config,
+    ("workers", "start_epoch", "resume", "decay_epochs", "imagenet_r_dir", "imagenet_c_dir", "imagenet_a_dir"),
+    ("--mixing-set", "x", "--num-classes", "1000"),
+    hyphens=True,
+  ),
 }
-"""The dialects by repository name."""
+"""The dialects by repository name (``ipmix_imagenet``: IPMix's ``imagenet.py``)."""
+
+REPOS = ("patchup", "puzzlemix", "ipmix")
+"""The names ``jaxmix seed`` takes (``ipmix`` picks ``cifar.py`` or ``imagenet.py``)."""
 
 # What the jaxmix runs of a dialect do differently from the official script, reported with
 # the configuration (the deviations of each method are in docs/algorithms/).
@@ -329,6 +433,10 @@ _NOTES = {
   "ipmix": (
     "--droprate: the jaxmix WideResNet has no dropout",
     "normalisation: the CIFAR mean/std instead of the official 0.5/0.5",
+  ),
+  "ipmix_imagenet": (
+    "the 'P' chains do not mix in an augmented copy of the image (docs/algorithms/ipmix.md)",
+    "--imagenet-r-dir/--imagenet-c-dir/--imagenet-a-dir: not read; ImageNet-R/-C/-A are not evaluated by the run",
   ),
   "puzzlemix": (),
   "patchup": (),
@@ -345,6 +453,19 @@ def _extras() -> argparse.ArgumentParser:
   return p
 
 
+def _script(repo: str, argv: Sequence[str]) -> tuple[str, list]:
+  """The dialect of ``jaxmix seed REPO ARGV`` and its flags: ``ipmix`` runs ``cifar.py``'s line, or
+  ``imagenet.py``'s when the first word names it or its required ``--num-classes`` is given."""
+  argv = list(argv)
+  if repo != "ipmix":
+    return repo, argv
+  if argv and argv[0] in ("cifar.py", "imagenet.py"):
+    return ("ipmix" if argv[0] == "cifar.py" else "ipmix_imagenet"), argv[1:]
+  if any(a == "--num-classes" or a.startswith("--num-classes=") for a in argv):
+    return "ipmix_imagenet", argv
+  return repo, argv
+
+
 def parse(repo: str, argv: Sequence[str]) -> tuple[jconfig.TrainConfig, argparse.Namespace, list]:
   """``(TrainConfig, jaxmix-only flags, notes)`` for an official command line of ``repo``.
 
@@ -352,13 +473,14 @@ def parse(repo: str, argv: Sequence[str]) -> tuple[jconfig.TrainConfig, argparse
     SystemExit: on a flag the official script does not have (argparse's message names it).
     ValueError: on a value jaxmix cannot train.
   """
+  repo, argv = _script(repo, argv)
   dialect = DIALECTS[repo]
-  extras, rest = _extras().parse_known_args(list(argv))
+  extras, rest = _extras().parse_known_args(argv)
   args = dialect.parser().parse_args(rest)
-  defaults = vars(dialect.parser().parse_args(["--data-path", "x", "--mixing-set", "x"] if repo == "ipmix" else []))
-  spell = (lambda n: n.replace("_", "-")) if repo == "ipmix" else (lambda n: n)  # noqa: E731
+  defaults = vars(dialect.parser().parse_args(list(dialect.required)))
+  spell = (lambda n: n.replace("_", "-")) if dialect.hyphens else (lambda n: n)  # noqa: E731
   given = [name for name in dialect.ignored if getattr(args, name) != defaults[name]]
-  notes = [f"--{spell(name)} ignored (the original's hardware or bookkeeping)" for name in given] + list(_NOTES[repo])
+  notes = [f"--{spell(name)} ignored (the original's hardware or bookkeeping, or unused by it)" for name in given] + list(_NOTES[repo])
   cfg = dialect.to_config(args)
   cfg = dataclasses.replace(
     cfg, max_steps_per_epoch=extras.max_steps_per_epoch, max_eval_examples=extras.max_eval_examples, num_devices=extras.num_devices
@@ -369,9 +491,9 @@ def parse(repo: str, argv: Sequence[str]) -> tuple[jconfig.TrainConfig, argparse
 def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix seed <repo> <the official script's flags> [--print_config]``."""
   argv = list(argv)
-  if not argv or argv[0] not in DIALECTS:
-    known = ", ".join(f"{name} ({d.script})" for name, d in DIALECTS.items())
-    print(f"usage: jaxmix seed {{{','.join(DIALECTS)}}} <flags of the official script>\nknown: {known}", file=sys.stderr)
+  if not argv or argv[0] not in REPOS:
+    known = "patchup (main.py), puzzlemix (main.py), ipmix (cifar.py, or imagenet.py: 'ipmix imagenet.py ...' or with --num-classes)"
+    print(f"usage: jaxmix seed {{{','.join(REPOS)}}} <flags of the official script>\nknown: {known}", file=sys.stderr)
     return 2
   repo = argv[0]
   try:

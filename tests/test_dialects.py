@@ -114,6 +114,33 @@ def test_ipmix_command_trains_what_its_cifar_py_trains():
   assert (cfg.jsd, cfg.epochs, cfg.hparams["k"]) == (False, 5, 2)
 
 
+IPMIX_IMAGENET_README = (
+  "--data-standard /in/train --data-val /in/val --imagenet-r-dir /in-r --imagenet-c-dir /in-c --mixing-set ./mixing_set --num-classes 1000"
+)
+
+
+def test_ipmix_imagenet_command_trains_what_its_imagenet_py_trains(capsys):
+  cfg, _, notes = dialects.parse("ipmix", shlex.split(IPMIX_IMAGENET_README))  # its required --num-classes says imagenet.py
+  # imagenet.py: ResNet-50, 180 epochs, batch 128 / 512, SGD Nesterov lr 0.01, wd 5e-4, per-step cosine, CE, JSD, --beta 4, severity 1
+  got = (cfg.dataset, cfg.data_dir, cfg.arch, cfg.epochs, cfg.batch_size, cfg.eval_batch_size)
+  assert got == ("imagenet2012", "/in", "resnet50", 180, 128, 512)
+  assert (cfg.learning_rate, cfg.decay, cfg.nesterov, cfg.lr_schedule, cfg.loss, cfg.jsd) == (0.01, 5e-4, True, "cosine", "ce", True)
+  assert cfg.hparams == {"k": 3, "depth": 3, "beta": 4.0, "severity": 1, "overflow": "wrap"} and cfg.mixing_set == "./mixing_set"
+  assert any("--imagenet-r-dir ignored" in n for n in notes) and cfg.root_dir == "checkpoints/TEMP"
+  explicit, _, _ = dialects.parse("ipmix", ["imagenet.py", *shlex.split(IPMIX_IMAGENET_README), "--no-jsd", "--lr", "0.1", "-b", "256"])
+  assert (explicit.jsd, explicit.learning_rate, explicit.batch_size) == (False, 0.1, 256)
+  for bad, word in (
+    (["--num-classes", "200"], "--num-classes"),
+    (["--all-ops"], "--all-ops"),
+    (["-a", "resnet18"], "resnet18"),
+    (["--data-val", "/elsewhere/validation"], "--data-val"),
+  ):
+    assert dialects.cli_main(["ipmix", *shlex.split(IPMIX_IMAGENET_README), *bad]) == 2
+    assert word in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # a cifar.py flag is not an imagenet.py flag
+    dialects.parse("ipmix", ["imagenet.py", *shlex.split(IPMIX_IMAGENET_README), "--data-path", "x"])
+
+
 def test_unknown_flags_unsupported_values_and_ignored_flags(capsys):
   with pytest.raises(SystemExit):
     dialects.parse("puzzlemix", ["--train", "mixup", "--mixup_alpha", "1", "--graph_cut", "True"])

@@ -1,5 +1,6 @@
 """Tests of ``experiments/``: the seed commands, the runner and the CPU benchmark (one tiny real run)."""
 
+import inspect
 import itertools
 import json
 import os
@@ -18,7 +19,9 @@ import jaxmix  # noqa: E402
 from experiments import cpu_benchmark as cb  # noqa: E402
 from experiments import run as runner  # noqa: E402
 from experiments import seeds  # noqa: E402
+from jaxmix import dialects  # noqa: E402
 from jaxmix import training as jtrain  # noqa: E402
+from jaxmix.ops import hook  # noqa: E402
 
 
 def _method_of(exp):
@@ -66,8 +69,12 @@ def test_every_entry_parses_into_a_valid_config(exp):
   assert len(cfg.schedule) == len(cfg.step_factors)
   # every method flag reached a hyper-parameter the registry op knows (Puzzle Mix's adversarial
   # flags belong to puzzlemix_train_batch, the training-loop wrapper of the op)
-  known = set(jaxmix.METHODS[cfg.train].defaults) | ({"adv_p", "adv_eps"} if cfg.train == "puzzlemix" else set())
-  known |= {"manifold_mixup": {"sites"}, "cutmix": {"box_rule"}, "ipmix": {"overflow"}}.get(cfg.train, set())  # dialect settings
+  method = jaxmix.METHODS[cfg.train]
+  if method.site == "hidden":
+    known = set(hook.method_defaults(cfg.train))
+  else:
+    known = {p.name for p in inspect.signature(method.op).parameters.values() if p.kind is p.KEYWORD_ONLY}
+  known |= {"adv_p", "adv_eps"} if cfg.train == "puzzlemix" else set()
   assert set(cfg.hparams) <= known, (cfg.hparams, known)
   jtrain.make_optimizer(cfg, steps_per_epoch=10)  # raises on an inconsistent optimiser / schedule
   keys = ("test_top1", "test_top5", "fgsm_top1", "fgsm_8_255_top1", "fgsm_cleverhans_eps0.001_top1", "fgsm_cleverhans_eps0.03_top1")
@@ -80,7 +87,9 @@ def test_patchup_known_flags():
   soft = _parse(seeds.BY_NAME["patchup.cifar10.preactresnet18.patchup_soft"])
   assert (soft.epochs, soft.schedule, soft.step_factors) == (2000, (500, 1000, 1500), (0.1, 0.1, 0.1))
   assert (soft.labels_per_class, soft.valid_labels_per_class, soft.loss, soft.crop_padding, soft.flip) == (5000, 500, "bce", 2, True)
-  assert soft.hparams == {"mode": "soft", "block_size": 7, "prob": 1.0, "gamma": 0.75}
+  # its main.py: k = 2 (mix at input, conv1 or layer1); its PreActResNet has no target bug, its WideResNet does
+  sites = ("input", "conv1", "layer1")
+  assert soft.hparams == {"mode": "soft", "block_size": 7, "prob": 1.0, "gamma": 0.75, "sites": sites, "wrn_target_bug": False}
   hard = _parse(seeds.BY_NAME["patchup.cifar100.wrn28_10.patchup_hard"])
   assert (hard.dataset, hard.labels_per_class, hard.valid_labels_per_class, hard.epochs, hard.schedule) == (
     "cifar100",
@@ -89,14 +98,15 @@ def test_patchup_known_flags():
     400,
     (200, 300),
   )
-  assert hard.hparams == {"mode": "hard", "block_size": 7, "prob": 0.7, "gamma": 0.5}
+  assert hard.hparams == {"mode": "hard", "block_size": 7, "prob": 0.7, "gamma": 0.5, "sites": sites, "wrn_target_bug": True}
   svhn = _parse(seeds.BY_NAME["patchup.svhn.preactresnet34.cutout"])
-  assert (svhn.dataset, svhn.flip, svhn.hparams, svhn.labels_per_class) == ("svhn_cropped", False, {"size": 20}, 7325)
-  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.cutout"]).hparams == {"size": 8}
-  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.manifold_mixup"]).hparams == {"alpha": 1.5}
-  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.cutmix"]).hparams == {"prob": 0.4}
+  # its SVHN loader crops without flipping; its Cutout cuts one hole for the whole batch
+  assert (svhn.dataset, svhn.flip, svhn.hparams, svhn.labels_per_class) == ("svhn_cropped", False, {"size": 20, "shared": True}, 7325)
+  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.cutout"]).hparams == {"size": 8, "shared": True}
+  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.manifold_mixup"]).hparams == {"alpha": 1.5, "sites": sites}
+  assert _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.cutmix"]).hparams == {"alpha": 1.0, "prob": 0.4}  # CutMix(beta=1.)
   db = _parse(seeds.BY_NAME["patchup.cifar10.wrn28_10.dropblock"])
-  assert db.hparams == {"block_size": 7, "keep_prob": 0.9, "drop_block_all": True}
+  assert db.hparams == {"block_size": 7, "keep_prob": 0.9, "drop_block_all": True, "sites": ("conv1", "layer1")}
   deformed = _parse(seeds.BY_NAME["patchup.deformed.cifar100.wrn28_10.patchup_soft"])
   assert deformed.affine_test and deformed.hparams["gamma"] == 0.25 and not deformed.fsgm_attack
   fgsm = _parse(seeds.BY_NAME["patchup.fgsm.cifar10.preactresnet18.patchup_soft"])
@@ -160,7 +170,10 @@ def test_puzzlemix_entries():
   assert cfg.hparams["adv_p"] == 0.1 and cfg.hparams["adv_eps"] == 10.0 and cfg.hparams["t_size"] == 4
   assert cfg.hparams["beta"] == 1.2 and cfg.hparams["gamma"] == 0.5 and cfg.hparams["eta"] == 0.2
   short = _parse(seeds.BY_NAME["puzzlemix.cifar100.wrn28_10.cutmix_400ep"])
-  assert short.hparams == {"alpha": 1.0, "prob": 1.0} and short.epochs == 400
+  assert short.hparams == {"alpha": 1.0, "prob": 1.0, "box_rule": "puzzlemix"} and short.epochs == 400
+  assert not short.fsgm_attack  # its main.py attacks only when --adv_p > 0
+  hidden = _parse(seeds.BY_NAME["puzzlemix.cifar100.preactresnet18.manifold_mixup_1200ep"])
+  assert hidden.hparams == {"alpha": 2.0, "sites": ("input", "layer1", "layer2")}
 
 
 def test_ipmix_entries():
@@ -179,11 +192,22 @@ def test_ipmix_entries():
   assert (cfg.arch, cfg.mixing_set, cfg.data_dir, cfg.run_dir()) == ("wrn40_4", "/mix", "/data", "/tmp/root/ipmix.cifar10.wrn40_4.ipmix")
   assert not _parse(seeds.BY_NAME["ipmix.cifar100.wrn40_4.ipmix_nojsd"]).jsd
   assert _parse(seeds.BY_NAME["ipmix.cifar100.resnext29.ipmix"]).arch == "resnext29"
-  imagenet = _parse(seeds.BY_NAME["ipmix.imagenet.resnet50.ipmix_180ep"])
-  assert (imagenet.dataset, imagenet.arch, imagenet.epochs, imagenet.hparams["beta"], imagenet.hparams["severity"]) == (
+  exp = seeds.BY_NAME["ipmix.imagenet.resnet50.ipmix_180ep"]
+  assert exp.dialect == "ipmix" and exp.argv == ("--num-classes", "1000")  # its README's imagenet.py line, paths aside
+  imagenet = runner.config(exp, data_dir="/data", root_dir="/tmp/root", mixing_set="/mix")
+  # imagenet.py's defaults: ResNet-50, 180 epochs, batch 128 (512 to evaluate), lr 0.01, wd 5e-4, --beta 4, --aug-severity 1
+  assert (imagenet.dataset, imagenet.data_dir, imagenet.arch, imagenet.epochs, imagenet.batch_size, imagenet.eval_batch_size) == (
     "imagenet2012",
+    "/data",
     "resnet50",
     180,
+    128,
+    512,
+  )
+  assert (imagenet.learning_rate, imagenet.decay, imagenet.jsd, imagenet.hparams["beta"], imagenet.hparams["severity"]) == (
+    0.01,
+    5e-4,
+    True,
     4,
     1,
   )
@@ -230,12 +254,13 @@ def test_dry_run_prints_commands(capsys):
   assert runner.main(["--only", *names, "--dry_run", "--data_dir", "/d", "--root_dir", "/r", "--", "--epochs", "1"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 2
-  for line, name in zip(lines, names, strict=True):
-    assert line.startswith("jaxmix train ")
+  for line, name, program in zip(lines, names, ("jaxmix seed patchup ", "jaxmix train "), strict=True):
+    assert line.startswith(program)
     assert f"--job_id {name}" in line and "--data_dir /d" in line and "--root_dir /r" in line and line.endswith("--epochs 1")
-  argv = lines[0].split()[2:]
-  args = jtrain.build_parser().parse_args(argv)
-  assert jtrain.config_from_args(args).hparams == {"mode": "hard", "block_size": 7, "prob": 0.7, "gamma": 0.5}
+  cfg, _, _ = dialects.parse("patchup", lines[0].split()[3:])  # the printed line, read back as jaxmix seed reads it
+  assert cfg.hparams["mode"] == "hard" and cfg.epochs == 1 and cfg.data_dir == "/d"
+  args = jtrain.build_parser().parse_args(lines[1].split()[2:])
+  assert jtrain.config_from_args(args).train == "vanilla"
 
 
 def test_runner_list_and_refusals(capsys):

@@ -120,8 +120,9 @@ def train(cfg: TrainConfig) -> dict:
     return finished
   data = load_data(cfg)
   mixing_pictures = None
-  if cfg.mixing_set is not None:  # IPMix's Resize(36) for 32x32: 9/8 of the side
-    mixing_pictures = sources.load_pictures(cfg.mixing_set, short_side=data.image_size + data.image_size // 8)
+  if cfg.mixing_set is not None:  # IPMix's Resize(36) for 32x32 (9/8 of the side), Resize(256) for the 224 crop
+    side = round(data.image_size / 0.875) if data.augment == "inception" else data.image_size + data.image_size // 8
+    mixing_pictures = sources.load_pictures(cfg.mixing_set, short_side=side)
   mesh = ts.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
   if jax.process_count() > 1 and n_dev != jax.device_count():
