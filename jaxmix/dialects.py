@@ -38,7 +38,6 @@ class Dialect(NamedTuple):
   to_config: Callable[[argparse.Namespace], jconfig.TrainConfig]
   ignored: tuple
   required: tuple = ()  # the script's required flags, with stand-in values (to read its defaults)
-  hyphens: bool = False  # the script spells its flags with hyphens (--mixing-set)
 
 
 def _unsupported(script: str, flag: str, why: str):
@@ -410,16 +409,13 @@ DIALECTS = {
   "puzzlemix": Dialect(
     "main.py", _puzzlemix_parser, _puzzlemix_config, ("mp", "ngpu", "workers", "add_name", "log_off", "resume", "start_epoch", "in_batch")
   ),
-  "ipmix": Dialect(
-    "cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume"), ("--data-path", "x", "--mixing-set", "x"), hyphens=True
-  ),
+  "ipmix": Dialect("cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume"), ("--data-path", "x", "--mixing-set", "x")),
   "ipmix_imagenet": Dialect(
     "imagenet.py",
     _ipmix_imagenet_parser,
     _ipmix_imagenet_config,
     ("workers", "start_epoch", "resume", "decay_epochs", "imagenet_r_dir", "imagenet_c_dir", "imagenet_a_dir"),
     ("--mixing-set", "x", "--num-classes", "1000"),
-    hyphens=True,
   ),
 }
 """The dialects by repository name (``ipmix_imagenet``: IPMix's ``imagenet.py``)."""
@@ -434,12 +430,21 @@ _NOTES = {
     "--droprate: the jaxmix WideResNet has no dropout",
     "normalisation: the CIFAR mean/std instead of the official 0.5/0.5",
   ),
-  "ipmix_imagenet": (
-    "the 'P' chains do not mix in an augmented copy of the image (docs/algorithms/ipmix.md)",
-    "--imagenet-r-dir/--imagenet-c-dir/--imagenet-a-dir: not read; ImageNet-R/-C/-A are not evaluated by the run",
-  ),
+  "ipmix_imagenet": ("the 'P' chains do not mix in an augmented copy of the image (docs/algorithms/ipmix.md)",),
   "puzzlemix": (),
   "patchup": (),
+}
+
+
+_HARDWARE = "the original's hardware or bookkeeping"
+_WHY_IGNORED = {
+  "imagenet_r_dir": "ImageNet-R is not evaluated by the run",
+  "imagenet_c_dir": "ImageNet-C is not evaluated by the run",
+  "imagenet_a_dir": "ImageNet-A is not evaluated by the run",
+  "decay_epochs": "imagenet.py parses it but its schedule is the cosine",
+  "in_batch": "it only names the official run folder",
+  "resume": "a jaxmix run resumes from its run directory by itself",
+  "start_epoch": "a jaxmix run resumes from its run directory by itself",
 }
 
 
@@ -476,11 +481,13 @@ def parse(repo: str, argv: Sequence[str]) -> tuple[jconfig.TrainConfig, argparse
   repo, argv = _script(repo, argv)
   dialect = DIALECTS[repo]
   extras, rest = _extras().parse_known_args(argv)
-  args = dialect.parser().parse_args(rest)
-  defaults = vars(dialect.parser().parse_args(list(dialect.required)))
-  spell = (lambda n: n.replace("_", "-")) if dialect.hyphens else (lambda n: n)  # noqa: E731
+  parser = dialect.parser()
+  args = parser.parse_args(rest)
+  defaults = vars(parser.parse_args(list(dialect.required)))
+  spelling = {a.dest: next(o for o in a.option_strings if o.startswith("--")) for a in parser._actions if a.option_strings}
   given = [name for name in dialect.ignored if getattr(args, name) != defaults[name]]
-  notes = [f"--{spell(name)} ignored (the original's hardware or bookkeeping, or unused by it)" for name in given] + list(_NOTES[repo])
+  notes = [f"{spelling[name]} ignored ({_WHY_IGNORED.get(name, _HARDWARE)})" for name in given]
+  notes += list(_NOTES[repo])
   cfg = dialect.to_config(args)
   cfg = dataclasses.replace(
     cfg, max_steps_per_epoch=extras.max_steps_per_epoch, max_eval_examples=extras.max_eval_examples, num_devices=extras.num_devices
