@@ -293,6 +293,48 @@ def test_dropblock_paper_variant_valid_centres_only():
   assert set(np.unique(per)) <= {0.0, 1.0}  # only the centre is valid: all or nothing
 
 
+@pytest.mark.parametrize("height, width, bh, bw", [(32, 32, 7, 7), (16, 12, 3, 5), (8, 8, 4, 2), (5, 9, 5, 1), (32, 7, 6, 7)])
+def test_packed_block_mask_equals_the_window_max(height, width, bh, bw):
+  """The bit-packed form (maps up to 32 rows) is the dense "SAME" window max, odd and even blocks."""
+  seeds = jax.random.bernoulli(jax.random.key(height * 100 + bh), 0.05, (3, height, width, 4))
+  dropped, count = hidden_ops._packed_block_mask(seeds, bh, bw)
+  want = hidden_ops.block_mask(seeds, (bh, bw))
+  np.testing.assert_array_equal(np.asarray(dropped, np.float32), want)
+  assert float(count) == float(want.sum())
+
+
+def test_dropblock_drop_rate_per_position_is_the_exact_one():
+  """PatchUp variant, S = 32, bs = 7, keep 0.9: a position is dropped with probability
+  1 - (1 - gamma)^(seeds whose block covers it), independently over 4,096 maps; the row
+  and column profiles each match within 5 sigma."""
+  out = np.asarray(jaxmix.dropblock(jax.random.key(11), jnp.ones((256, 32, 32, 16)), block_size=7, keep_prob=0.9))
+  dropped = (out == 0).transpose(0, 3, 1, 2).reshape(-1, 32, 32)  # 4,096 independent maps
+  g = float(hidden_ops.dropblock_gamma(0.9, 32, 32, 7))
+  idx = np.arange(32)
+  cover = np.minimum(idx + 3, 31) - np.maximum(idx - 3, 0) + 1
+  p = 1.0 - (1.0 - g) ** (cover[:, None] * cover[None, :])
+  for axis in (1, 2):  # the row profile (mean over columns) and the column profile, per map
+    per_map = dropped.mean(axis=3 - axis)
+    z = (per_map.mean(axis=0) - p.mean(axis=2 - axis)) / (per_map.std(axis=0) / np.sqrt(len(per_map)))
+    assert np.all(np.abs(z) < 5), z
+  assert abs(dropped.mean() - p.mean()) < 0.002  # 0.0955 expected
+
+
+def test_dropblock_seeds_are_independent_bernoulli():
+  """block_size 1 shows the seeds: the rate, and no correlation between neighbours or samples."""
+  out = np.asarray(jaxmix.dropblock(jax.random.key(5), jnp.ones((64, 32, 32, 16)), block_size=1, keep_prob=0.97))
+  seeds = (out == 0).astype(np.float64)
+  n = seeds.size
+  assert abs(seeds.mean() - 0.03) < 5 * np.sqrt(0.03 * 0.97 / n)
+  for a, b in (
+    (seeds[:, 1:], seeds[:, :-1]),  # rows
+    (seeds[:, :, 1:], seeds[:, :, :-1]),  # columns
+    (seeds[..., 1:], seeds[..., :-1]),  # channels
+    (seeds[1:], seeds[:-1]),  # samples
+  ):
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
+
+
 def test_dropblock_all_dropped_gives_zeros_not_nan():
   out = jaxmix.dropblock(jax.random.key(0), H, seeds=jnp.ones_like(H))
   np.testing.assert_array_equal(out, jnp.zeros_like(H))

@@ -322,6 +322,31 @@ def beta_words(alpha: float, shape) -> int:
   return int(np.prod(shape, dtype=np.int64)) if alpha == 1 else 0
 
 
+def fmix32(h: Array) -> Array:
+  """The murmur3 32-bit finaliser on uint32 (a bijective avalanche mixer)."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def hash_uniform(seeds: Array, shape: tuple[int, ...]) -> Array:
+  """Uniforms ``[..., *shape]`` in ``[0, 1)`` (24 bits) from uint32 seeds ``[..., 2]``.
+
+  Hashes the element index (within ``shape``) with two rounds of the murmur3
+  finaliser keyed by the seeds, which come from ``jax.random``. For ops that need a
+  uniform per pixel or per feature-map element (IPMix's pixel masks, DropBlock's
+  seeds): on CPU threefry costs about 10-100x more than this hash and dominated
+  those ops. Each ``[..., 2]`` seed pair gives an independent field, so a batch
+  passes one pair per sample and ``prod(shape)`` stays below ``2**32``.
+  """
+  index = jnp.arange(int(np.prod(shape)), dtype=jnp.uint32).reshape(shape)
+  expand = lambda v: v.reshape(v.shape + (1,) * len(shape))  # noqa: E731
+  h = fmix32(fmix32(index ^ expand(seeds[..., 0])) + expand(seeds[..., 1]))
+  return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
 def mix_labels(labels: Array, perm: Array, lam: Array) -> Array:
   """``lam * y + (1 - lam) * y[perm]`` with ``lam`` of shape ``[B]``, in float32.
 

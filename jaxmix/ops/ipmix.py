@@ -20,7 +20,6 @@ pixel mixing ops).
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Optional, Sequence
 
@@ -95,30 +94,6 @@ def _random_elems(noise: Array, x: Array, y: Array, tau) -> Array:
   return jnp.where(noise < tau, x, y)
 
 
-def _fmix32(h: Array) -> Array:
-  """The murmur3 32-bit finaliser (a bijective avalanche mixer)."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def _hash_uniform(seeds: Array, shape: tuple[int, ...]) -> Array:
-  """Uniforms ``[..., *shape]`` in ``[0, 1)`` (24 bits) from uint32 seeds ``[..., 2]``.
-
-  Hashes the element index with two rounds of the murmur3 finaliser keyed by the
-  seeds. The per-pixel masks of ``random_pixels`` / ``random_elems`` need ``H W C``
-  uniforms per chain step, for every chain (both chain types and all four mixing
-  ops are computed, then selected); threefry costs about 100x more than this hash
-  on CPU, where it dominated the whole transform. The seeds come from ``jax.random``.
-  """
-  index = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
-  expand = lambda v: v.reshape(v.shape + (1,) * len(shape))  # noqa: E731
-  h = _fmix32(_fmix32(index ^ expand(seeds[..., 0])) + expand(seeds[..., 1]))
-  return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
-
-
 OVERFLOWS = ("clip", "wrap")
 """How ``add`` / ``multiply`` values outside ``[0, 1]`` become uint8 levels: ``"clip"``
 (jaxmix's default, as PixMix) or ``"wrap"`` (the official code's cast: truncate, modulo 256)."""
@@ -186,7 +161,7 @@ def _patch_step(u: Array, seeds: Array, x: Array, g: Array, patch_sizes: tuple[i
   op = e(_randint(u[..., 6], 0, len(MIXING_OPS)))
   a, b = (e(v) for v in _ab_from_uniforms(jnp.moveaxis(u[..., 7:10], -1, 0), beta))
   tau = e(u[..., 10])
-  noise = _hash_uniform(seeds, (height, width, channels))  # shared: only one random op is used
+  noise = core.hash_uniform(seeds, (height, width, channels))  # shared: only one random op is used
   mixed = jnp.select(
     [op == 0, op == 1, op == 2],
     [mix_add(x, g, a, b), mix_multiply(x, g, a, b), _random_pixels(noise, x, g, tau)],
@@ -408,7 +383,7 @@ def ipmix(
   official code lets them wrap, see ``_quantize``); translations scale with the
   image side (the official code hard-codes 32); the per-pixel masks of
   random_pixels / random_elems use hashed uniforms seeded from ``key`` (see
-  ``_hash_uniform``). The ImageNet variant (a P step mixing with an augmented copy
+  ``core.hash_uniform``). The ImageNet variant (a P step mixing with an augmented copy
   of ``x`` half the time) is not implemented. Chains start from ``x`` rounded to
   uint8 levels, as the official PIL images are; the ``(1 - m) x`` term uses ``x``
   as given. Per-sample draws come from batch-shaped calls, so a sample's
