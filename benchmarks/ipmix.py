@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import jaxmix
 from jaxmix.ops import fractals, image_ops
 
-ipmix_module = importlib.import_module("jaxmix.ipmix")
+ipmix_module = importlib.import_module("jaxmix.ops.ipmix")
 
 
 def _time(fn, args, repeats: int) -> tuple[float, list[float], list[float]]:

@@ -181,3 +181,23 @@ def test_words_draws_match_their_formulas():
   np.testing.assert_array_equal(perm, np.argsort(raw[-50:], kind="stable"))
   with pytest.raises(ValueError, match="words taken"):
     words.take((1,))
+
+
+@pytest.mark.parametrize("rate, capacity", [(0.3, 4), (0.9, 3), (0.0, 2), (1.0, 16)])
+def test_apply_to_selected_is_the_dense_where_in_any_number_of_blocks(rate, capacity):
+  """Row for row the dense ``where(selected, fn(x, p), x)``, whether the selection fits one
+  block, needs several (more rows than ``capacity``) or is empty."""
+  x = jax.random.normal(jax.random.key(0), (16, 3, 2))
+  p = jnp.arange(16, dtype=jnp.float32)
+  selected = jax.random.uniform(jax.random.key(1), (16,)) < rate
+  fn = lambda rows, q: rows * 2.0 + q[:, None, None]  # noqa: E731
+  got = jax.jit(lambda x, s, p: core.apply_to_selected(fn, s, capacity, x, p))(x, selected, p)
+  np.testing.assert_array_equal(got, jnp.where(selected[:, None, None], fn(x, p), x))
+
+
+def test_selection_capacity_covers_the_draw():
+  assert core.selection_capacity(384, 0.375) == 193  # ceil(144 + 5 sqrt(144 * 0.625) + 1) and core.selection_capacity(10, 1.0) == 10
+  assert core.selection_capacity(1000, 0.0) == 1
+  # For 1,000 binomial draws, a block is too small about as often as 5 sigmas allow (never here).
+  counts = np.random.default_rng(0).binomial(384, 0.375, 1000)
+  assert counts.max() <= core.selection_capacity(384, 0.375)

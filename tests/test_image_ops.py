@@ -1,5 +1,6 @@
 """The PIL-compatible image ops against Pillow on real CIFAR-10 images, and their identities."""
 
+import functools
 import io
 import os
 import zipfile
@@ -172,6 +173,19 @@ def test_random_op_jit_equals_eager_and_is_deterministic(cifar):
   assert np.mean(np.abs(eager - jitted) > 1e-6) < 1e-3
   np.testing.assert_array_equal(eager, np.asarray(image_ops.random_op(key, x)))
   _levels(jitted)
+
+
+def test_random_op_on_active_images_is_the_dense_op_where_active(cifar):
+  """Only the active images change, each exactly as the op on the whole batch changes it,
+  whether the active images fit one block (rate 0.5) or need several (rate 0.05)."""
+  _, x = cifar
+  x = jnp.broadcast_to(x[:8, None], (8, 3, *x.shape[1:]))  # [B, k, H, W, C] chains
+  u = jax.random.uniform(jax.random.key(4), (8, 3, 3))
+  active = jax.random.uniform(jax.random.key(5), (8, 3)) < 0.5
+  dense = _random_op_u(u, x)
+  for rate in (0.5, 0.05):
+    got = jax.jit(functools.partial(image_ops.random_op_from_uniforms, active_rate=rate))(u, x, active=active)
+    np.testing.assert_array_equal(np.asarray(got), np.where(np.asarray(active)[..., None, None, None], dense, x))
 
 
 @pytest.mark.parametrize("severity", [0.0, 11, "3"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, NamedTuple, Optional
 
@@ -345,6 +346,47 @@ def hash_uniform(seeds: Array, shape: tuple[int, ...]) -> Array:
   expand = lambda v: v.reshape(v.shape + (1,) * len(shape))  # noqa: E731
   h = fmix32(fmix32(index ^ expand(seeds[..., 0])) + expand(seeds[..., 1]))
   return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
+def selection_capacity(n: int, rate: float, sigmas: float = 5.0) -> int:
+  """Rows to process per block for a selection of expected ``rate * n`` of ``n`` rows.
+
+  The binomial mean plus ``sigmas`` standard deviations (at least 1, at most ``n``):
+  one block covers the selection but for a rare draw, which takes another block.
+  """
+  mean = n * rate
+  return int(min(n, max(1, math.ceil(mean + sigmas * math.sqrt(mean * (1.0 - rate)) + 1))))
+
+
+def apply_to_selected(fn, selected: Array, capacity: int, images: Array, *params: Array) -> Array:
+  """``images`` with ``fn`` applied to the rows where ``selected`` is True, the rest unchanged.
+
+  ``fn(rows, *param_rows) -> rows`` maps ``[n, ...]`` images (and their ``[n, ...]``
+  parameters) to ``[n, ...]`` results, row by row. It runs on blocks of ``capacity``
+  gathered rows, as many blocks as the selection needs (a ``while`` loop with a
+  traced trip count, so shapes stay static): an op that a random draw gives to a few
+  rows of a batch costs those rows, not the batch. With ``capacity`` from
+  :func:`selection_capacity` one block almost always suffices. The result is
+  the dense ``where(selected, fn(images), images)``, row for row.
+
+  Args:
+    fn: the row-wise op.
+    selected: ``[N]`` bool.
+    capacity: rows per block, ``1 <= capacity <= N``.
+    images: ``[N, ...]``.
+    *params: ``[N, ...]`` arrays gathered with the rows.
+  """
+  n = images.shape[0]
+  order = jnp.nonzero(selected, size=n, fill_value=n)[0].astype(jnp.int32)
+  order = jnp.concatenate([order, jnp.full((capacity,), n, jnp.int32)])
+  blocks = (jnp.sum(selected, dtype=jnp.int32) + capacity - 1) // capacity
+
+  def block(i, out):
+    rows = jax.lax.dynamic_slice(order, (i * capacity,), (capacity,))
+    take = lambda a: jnp.take(a, rows, axis=0, mode="fill", fill_value=0)  # noqa: E731  (zero rows past the selection, dropped below)
+    return out.at[rows].set(fn(take(images), *map(take, params)).astype(out.dtype), mode="drop")
+
+  return jax.lax.fori_loop(0, blocks, block, images)
 
 
 def mix_labels(labels: Array, perm: Array, lam: Array) -> Array:
