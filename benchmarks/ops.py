@@ -12,6 +12,8 @@ Baselines measured in the same run:
   which read two batches and write one, the memory traffic of an op that mixes a batch
   with its partner; the faster of the two is the bound the ratios use.
 * ``bound: x[perm]``: a jitted gather of a permuted batch (reads one, writes one).
+* ``floor: jitted call``: one jitted call with the op's arguments that computes almost
+  nothing (the dispatch cost a standalone op cannot go below).
 * timm (optional, ``pip install torch==2.13.0`` then ``pip install --no-deps timm``,
   see benchmarks/README.md): ``timm.data.mixup.Mixup`` in batch and elem mode on
   the same batch in NCHW, with ``torch.set_num_threads(2)``. timm mixes in place.
@@ -65,6 +67,9 @@ def _jax_cases(shape, full: bool):
     "bound: a + b": (jax.jit(lambda a, b: a + b), lambda i: (images, other)),
     "bound: 0.3 a + 0.7 b": (jax.jit(lambda a, b: 0.3 * a + 0.7 * b), lambda i: (images, other)),
     "bound: x[perm]": (jax.jit(lambda a, p: a[p]), lambda i: (images, perm)),
+    # The runtime's floor for an op called on its own: one jitted call with the op's
+    # arguments that computes (almost) nothing.
+    "floor: jitted call": (jax.jit(lambda k, x, y: (x[0, 0, 0], y[0])), lambda i: (keys[i % len(keys)], images, labels)),
   }
   for name, op in OPS.items():
     if full:
@@ -149,6 +154,8 @@ def _table(shape, ms):
     if f"timm {op} (batch)" in ms:
       checks.append(f"{op}: jaxmix / timm batch = {ms[op] / ms[f'timm {op} (batch)']:.2f} (goal <= 0.5)")
     checks.append(f"{op}: jaxmix / bound = {ms[op] / copy:.2f} (goal at 224: <= 2)")
+    floor = max(copy, ms["floor: jitted call"])  # the op must at least read two batches, write one, in one call
+    checks.append(f"{op}: jaxmix / runtime floor (max of bound and jitted call) = {ms[op] / floor:.2f} (goal <= 1.2)")
   return "\n".join(rows + [""] + [f"- {c}" for c in checks])
 
 
