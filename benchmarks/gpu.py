@@ -1,0 +1,244 @@
+"""One accelerator benchmark: train-step throughput of every method, compile times, input ops vs timm.
+
+Runs on whatever device JAX finds first (GPU, TPU or CPU) with only jax, flax, optax,
+orbax and chex installed (no TensorFlow; the batches are synthetic uint8 images). It
+measures, on one device:
+
+* the jitted train step (``jaxmix.training.make_train_step``) of every registry method
+  for PreActResNet-18 at batch 128 on 32x32 images, in float32 and in bfloat16, and of
+  vanilla, mixup, cutmix and Puzzle Mix for ResNet-50 at 224x224 in bfloat16: img/s,
+  the ratio to the vanilla step of the same model and dtype (the steps of a group are
+  timed round by round, the ratio is the median of the per-round ratios), and each
+  step's compile time (cold, no persistent cache);
+* the input ops (mixup, cutmix) at (128, 32, 32, 3) and (64, 224, 224, 3) against
+  timm's ``Mixup`` in batch mode on the same device, when torch and timm are installed.
+
+It stops adding cases once ``--budget_s`` is spent (those are listed as skipped), so a
+run ends in about that time; the default fits in 8 minutes on one H100. It writes one
+JSON file to OUT_DIR (``gpu_<device>.json``) and prints a Markdown table.
+
+Usage:
+  python benchmarks/gpu.py OUT_DIR [--steps 20] [--budget_s 420]
+  python benchmarks/gpu.py OUT_DIR --tiny      # a small CPU check of the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxmix
+from jaxmix.training import models
+from jaxmix.training import step as ts
+
+NUM_CLASSES = 10
+BF16_LARGE_METHODS = ("vanilla", "mixup", "cutmix", "puzzlemix")
+
+
+def _groups(tiny: bool) -> list:
+  """``(model name, arch, image side, batch, dtype, methods)`` in the order they run."""
+  if tiny:
+    return [
+      ("preactresnet_small", "preactresnet_small", 32, 8, "float32", ("vanilla", "mixup")),
+      ("preactresnet_small", "preactresnet_small", 32, 8, "bfloat16", ("vanilla",)),
+    ]
+  methods = tuple(jaxmix.METHODS)
+  return [
+    ("PreActResNet-18", "preactresnet18", 32, 128, "float32", methods),
+    ("PreActResNet-18", "preactresnet18", 32, 128, "bfloat16", methods),
+    ("ResNet-50", "resnet50", 224, 128, "bfloat16", BF16_LARGE_METHODS),
+  ]
+
+
+def _step_fn(model, method: str, side: int, batch: int, mesh):
+  """A compiled step of ``method`` and its state, batch and key; returns ``(run, compile_s)``."""
+  hp = dict(jaxmix.METHODS[method].defaults)
+  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  cfg = ts.StepConfig(method=method, hparams=tuple(sorted(hp.items())), num_classes=NUM_CLASSES, mean=mean, std=std)
+  step = ts.make_train_step(model, cfg, mesh)
+  rng = np.random.default_rng(0)
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  images = jax.device_put(rng.integers(0, 256, (batch, side, side, 3), dtype=np.uint8), data)
+  labels = jax.device_put(rng.integers(0, NUM_CLASSES, batch).astype(np.int32), data)
+  init = ts.init_state(model, optax.sgd(0.01, momentum=0.9), jax.random.key(0), (side, side, 3), seed_key=jax.random.key(0))
+  state = [jax.device_put(init, replicated)]
+  key = jax.random.key_data(jax.random.key(1))
+  batch_dict = {"image": images, "label": labels}
+  t0 = time.perf_counter()
+  state[0], metrics = step(state[0], batch_dict, key)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+
+  def run() -> float:
+    t0 = time.perf_counter()
+    state[0], metrics = step(state[0], batch_dict, key)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - t0
+
+  return run, compile_s
+
+
+def train_steps(tiny: bool, steps: int, deadline: float) -> tuple[list, list]:
+  """Rows of the train-step table, and the cases skipped for time."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (ts.AXIS,))
+  rows, skipped = [], []
+  for name, arch, side, batch, dtype, methods in _groups(tiny):
+    model = models.get_model(arch, NUM_CLASSES, dtype=dtype)
+    built = {}
+    for method in methods:
+      if time.perf_counter() > deadline:
+        skipped.append(f"{name} {dtype} {method}")
+        continue
+      built[method] = _step_fn(model, method, side, batch, mesh)
+    if "vanilla" not in built:
+      continue
+    times = {m: [] for m in built}
+    for _ in range(steps):
+      for method, (run, _) in built.items():
+        times[method].append(run())
+    for method, (_, compile_s) in built.items():
+      ms = 1e3 * statistics.median(times[method])
+      ratio = statistics.median(t / v for t, v in zip(times[method], times["vanilla"], strict=True))
+      rows.append(
+        {
+          "model": name,
+          "image": side,
+          "batch": batch,
+          "dtype": dtype,
+          "method": method,
+          "compile_s": round(compile_s, 2),
+          "ms": round(ms, 3),
+          "img_per_s": round(batch / (ms / 1e3), 1),
+          "ratio": round(ratio, 3),
+        }
+      )
+    del built
+  return rows, skipped
+
+
+def _load_timm():
+  """torch and timm's mixup module (by path: ``import timm`` needs torchvision), or ``(None, None)``."""
+  try:
+    import torch
+  except ImportError:
+    return None, None
+  spec = importlib.util.find_spec("timm")
+  if spec is None or not spec.submodule_search_locations:
+    return None, None
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mixup.py")
+  module_spec = importlib.util.spec_from_file_location("_timm_mixup", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return torch, module
+
+
+def _median_ms(fn, calls: int, sync=lambda: None) -> float:
+  fn()
+  sync()
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def input_ops(tiny: bool, calls: int) -> list:
+  """Rows of the input-op table: jaxmix (jitted, on the JAX device) and timm batch mode (on torch's)."""
+  torch, timm_mixup = _load_timm()
+  shapes = [(8, 32, 32, 3)] if tiny else [(128, 32, 32, 3), (64, 224, 224, 3)]
+  rows = []
+  for shape in shapes:
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+    y = jaxmix.one_hot(jnp.asarray(rng.integers(0, NUM_CLASSES, shape[0])), NUM_CLASSES)
+    for op in ("mixup", "cutmix"):
+      fn = jax.jit(lambda k, x, y, op=op: (lambda r: (r.images, r.labels))(getattr(jaxmix, op)(k, x, y, alpha=1.0)))
+      keys = iter([jax.random.key(i) for i in range(calls + 1)])
+      ms = _median_ms(lambda fn=fn, keys=keys, x=x, y=y: jax.block_until_ready(fn(next(keys), x, y)), calls)
+      row = {"shape": list(shape), "op": op, "jaxmix_ms": round(ms, 4), "timm_batch_ms": None, "ratio": None, "timm_device": None}
+      if torch is not None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+        yt = torch.from_numpy(rng.integers(0, NUM_CLASSES, shape[0])).to(device)
+        kw = {"mixup_alpha": 1.0, "cutmix_alpha": 0.0} if op == "mixup" else {"mixup_alpha": 0.0, "cutmix_alpha": 1.0}
+        mixer = timm_mixup.Mixup(**kw, mode="batch", label_smoothing=0.0, num_classes=NUM_CLASSES)
+        timm_ms = _median_ms(lambda mixer=mixer, xt=xt, yt=yt: mixer(xt, yt), calls, sync)
+        row.update(timm_batch_ms=round(timm_ms, 4), ratio=round(ms / timm_ms, 3), timm_device=device)
+      rows.append(row)
+  return rows
+
+
+def markdown(result: dict) -> str:
+  lines = [
+    f"### {result['device']} ({result['platform']}), jax {result['jax']}, {result['date']}",
+    "",
+    "| model | image | batch | dtype | method | img/s | step / vanilla | compile s |",
+    "|---|---:|---:|---|---|---:|---:|---:|",
+  ]
+  for r in result["train_step"]:
+    head = f"| {r['model']} | {r['image']} | {r['batch']} | {r['dtype']} | {r['method']}"
+    lines.append(f"{head} | {r['img_per_s']:,.0f} | {r['ratio']:.2f} | {r['compile_s']:.1f} |")
+  lines += ["", "| input op | shape | jaxmix ms | timm batch ms | jaxmix / timm |", "|---|---|---:|---:|---:|"]
+  for r in result["input_ops"]:
+    timm = "-" if r["timm_batch_ms"] is None else f"{r['timm_batch_ms']:.3f} ({r['timm_device']})"
+    ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+    lines.append(f"| {r['op']} | {tuple(r['shape'])} | {r['jaxmix_ms']:.3f} | {timm} | {ratio} |")
+  if result["skipped"]:
+    lines += ["", f"Skipped for the time budget: {', '.join(result['skipped'])}."]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("out_dir", help="directory for the JSON result")
+  p.add_argument("--steps", type=int, default=20, help="timed rounds per train-step group")
+  p.add_argument("--calls", type=int, default=50, help="timed calls per input op")
+  p.add_argument("--budget_s", type=float, default=420.0, help="stop adding train-step cases after this many seconds")
+  p.add_argument("--tiny", action="store_true", help="a small CPU-sized run (checks the script, not the hardware)")
+  args = p.parse_args(argv)
+  if args.steps < 1 or args.calls < 1:
+    p.error("--steps and --calls must be >= 1")
+  start = time.perf_counter()
+  device = jax.devices()[0]
+  steps = 2 if args.tiny else args.steps
+  rows, skipped = train_steps(args.tiny, steps, start + args.budget_s)
+  result = {
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    "device": getattr(device, "device_kind", str(device)),
+    "platform": device.platform,
+    "jax": jax.__version__,
+    "tiny": args.tiny,
+    "steps": steps,
+    "train_step": rows,
+    "input_ops": input_ops(args.tiny, 5 if args.tiny else args.calls),
+    "skipped": skipped,
+  }
+  result["total_s"] = round(time.perf_counter() - start, 1)
+  os.makedirs(args.out_dir, exist_ok=True)
+  slug = re.sub(r"[^a-z0-9]+", "_", result["device"].lower()).strip("_") or "device"
+  path = os.path.join(args.out_dir, f"gpu_{slug}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(markdown(result))
+  print(f"\nwrote {path} ({result['total_s']} s)", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

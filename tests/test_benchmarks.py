@@ -1,0 +1,31 @@
+"""``benchmarks/gpu.py`` runs end to end in its tiny CPU setting, without TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+_RUN = """
+import runpy, sys
+sys.modules["tensorflow"] = None  # importing TensorFlow now fails: the benchmark must not need it
+sys.argv = ["gpu.py", sys.argv[1], "--tiny"]
+runpy.run_path("benchmarks/gpu.py", run_name="__main__")
+"""
+
+
+def test_gpu_benchmark_tiny_setting_writes_json_and_table(tmp_path):
+  out = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (name,) = os.listdir(tmp_path)
+  assert name.startswith("gpu_") and name.endswith(".json")
+  result = json.loads((tmp_path / name).read_text())
+  assert result["tiny"] and result["platform"] == "cpu" and not result["skipped"]
+  groups = {(r["dtype"], r["method"]) for r in result["train_step"]}
+  assert groups == {("float32", "vanilla"), ("float32", "mixup"), ("bfloat16", "vanilla")}
+  for r in result["train_step"]:
+    assert r["img_per_s"] > 0 and r["compile_s"] > 0 and r["ratio"] > 0
+    assert r["ratio"] == 1.0 if r["method"] == "vanilla" else True
+  assert {r["op"] for r in result["input_ops"]} == {"mixup", "cutmix"} and all(r["jaxmix_ms"] > 0 for r in result["input_ops"])
+  assert "| model | image | batch | dtype | method |" in out.stdout and "| input op |" in out.stdout
