@@ -21,6 +21,7 @@ plus settings, date, machine and command), ``table.md`` and ``plot.png``.
 Usage::
 
   python -m experiments.cpu_benchmark --data_dir ~/data/cifar10            # full table
+  python -m experiments.cpu_benchmark --data_dir ~/data/cifar10 --preset overfit   # 200 / class, 100 epochs
   python -m experiments.cpu_benchmark --data_dir ~/data/cifar10 --quick    # smoke run
   python -m experiments.cpu_benchmark --data_dir ... --report_only                 # re-aggregate
 
@@ -61,6 +62,8 @@ DEFAULTS = {
   "fgsm_examples": 1000,
   "corruption_examples": 500,
   "corruptions": None,  # all 15
+  "subset_seed": None,  # None: each seed draws its own training subset
+  "train_accuracy": False,  # also evaluate the final model on its (un-augmented) training images
 }
 QUICK = {
   "labels_per_class": 100,
@@ -70,6 +73,11 @@ QUICK = {
   "fgsm_examples": 500,
   "corruption_examples": 100,
 }
+PRESETS = {
+  # The overfitting regime (low data, long training): 200 images per class, the same
+  # subset for every method and seed, and the final training accuracy in the table.
+  "overfit": {"labels_per_class": 200, "epochs": 100, "subset_seed": 0, "train_accuracy": True},
+}
 FGSM_KEY = "4/255"  # pixel-space epsilon reported in the table
 HEADLINE = (
   ("test_top1", "test top-1 (%)"),
@@ -78,6 +86,14 @@ HEADLINE = (
   ("corruption_top1", "mean corruption top-1 (%)"),
   ("overconfidence", "confidence - top-1 (pts)"),
 )
+TRAIN_HEADLINE = (("train_top1", "final train top-1 (%)"), ("gap", "train - test top-1 (pts)"))
+
+
+def headline(records: Sequence[dict]) -> tuple:
+  """The table's metrics: the training accuracy and the gap too when every run has them."""
+  return HEADLINE + (TRAIN_HEADLINE if records and all("train_top1" in r for r in records) else ())
+
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -104,6 +120,8 @@ class Settings:
   fgsm_examples: int
   corruption_examples: int
   corruptions: Optional[tuple]
+  subset_seed: Optional[int] = None
+  train_accuracy: bool = False
 
 
 def balanced_indices(labels: np.ndarray, n: int, num_classes: int, seed: int = 1234) -> np.ndarray:
@@ -125,6 +143,7 @@ def train_config(s: Settings, method: str, seed: int):
     job_id=f"{method}_seed{seed}",
     labels_per_class=s.labels_per_class,
     valid_labels_per_class=0,
+    subset_seed=s.subset_seed,
     arch="preactresnet_small",
     model_kwargs={"widths": list(s.widths), "blocks": list(s.blocks)},
     train=method,
@@ -223,6 +242,9 @@ def run_one(s: Settings, method: str, seed: int, test, log=print) -> dict:
     "corruptions": {k: v["top1"] for k, v in corr["corruptions"]["per_corruption"].items()},
     "timing": timing | {"eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu},
   }
+  if s.train_accuracy:  # the overfitting gap: the final model on its training images, without augmentation
+    train_top1 = _clean_metrics(logits_fn, data, np.asarray(data.train.images), np.asarray(data.train.labels))["top1"]
+    record |= {"train_top1": train_top1, "gap": train_top1 - record["test_top1"]}
   with open(eval_path, "w") as f:
     json.dump(record, f, indent=2)
   log(
@@ -335,7 +357,7 @@ def aggregate(records: Sequence[dict], methods: Sequence[str]) -> dict:
     if not rs:
       continue
     entry = {"n_seeds": len(rs), "seeds": [r["seed"] for r in rs]}
-    for key, _ in HEADLINE:
+    for key, _ in headline(records):
       v = np.asarray([r[key] for r in rs], np.float64)
       entry[key] = {
         "mean": float(v.mean()),
@@ -375,12 +397,14 @@ def _time_sums(records: Sequence[dict]) -> dict:
 
 def markdown_table(agg: dict, meta: dict) -> str:
   s = meta["settings"]
+  metrics = [(k, label) for k, label in HEADLINE + TRAIN_HEADLINE if all(k in e for e in agg.values())]
   lines = [
     f"# {meta['title']}",
     "",
     f"- date: {meta['date']}; machine: {meta['machine']}; load average at start: {meta['loadavg_start']}",
     f"- command: `{meta['command']}`",
-    f"- CIFAR-10 (real JPEGs), {s['labels_per_class']} training images per class ({10 * s['labels_per_class']} total), "
+    f"- CIFAR-10 (real JPEGs), {s['labels_per_class']} training images per class ({10 * s['labels_per_class']} total"
+    f"{', the same subset for every run' if s.get('subset_seed') is not None else ''}), "
     f"`preactresnet_small` widths {list(s['widths'])} blocks {list(s['blocks'])}, {s['epochs']} epochs, batch {s['batch_size']}, "
     f"SGD Nesterov lr {s['learning_rate']} cosine, wd {s['decay']}, CE, crop pad 2 + flip; seeds {list(s['seeds'])}",
     f"- test top-1 / ECE on the full test set (10,000); FGSM (pixel space, eps {FGSM_KEY}) on {s['fgsm_examples']} and "
@@ -389,11 +413,11 @@ def markdown_table(agg: dict, meta: dict) -> str:
     f"- time: {meta.get('sum_run_wall_s', 0) / 3600:.2f} h wall / {meta.get('sum_run_cpu_s', 0) / 3600:.2f} h CPU summed over the runs "
     "(training + evaluation, excluding data loading between runs)",
     "",
-    "| method | n | " + " | ".join(label for _, label in HEADLINE) + " | train time / run (s, wall, summed over resumes) |",
-    "| --- | --- | " + " | ".join("---" for _ in HEADLINE) + " | --- |",
+    "| method | n | " + " | ".join(label for _, label in metrics) + " | train time / run (s, wall, summed over resumes) |",
+    "| --- | --- | " + " | ".join("---" for _ in metrics) + " | --- |",
   ]
   for m, e in agg.items():
-    cells = [f"{e[k]['mean']:.2f} ± {e[k]['sd']:.2f}" for k, _ in HEADLINE]
+    cells = [f"{e[k]['mean']:.2f} ± {e[k]['sd']:.2f}" for k, _ in metrics]
     lines.append(f"| {m} | {e['n_seeds']} | " + " | ".join(cells) + f" | {e['train_wall_s_mean']:.0f} |")
   for f in meta.get("failures", []):
     lines.append(f"\nFAILED: {f['method']} seed {f['seed']}: {f['error']}")
@@ -407,14 +431,15 @@ def plot(agg: dict, records: Sequence[dict], path: str, title: str) -> None:
   import matplotlib.pyplot as plt
 
   methods = list(agg)
-  ncols = min(3, len(HEADLINE))
-  nrows = -(-len(HEADLINE) // ncols)
+  metrics = headline(records)
+  ncols = min(3, len(metrics))
+  nrows = -(-len(metrics) // ncols)
   fig, grid = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.0 * nrows), constrained_layout=True, squeeze=False)
   axes = grid.ravel()
-  for ax in axes[len(HEADLINE) :]:
+  for ax in axes[len(metrics) :]:
     ax.set_axis_off()
   x = np.arange(len(methods))
-  for ax, (key, label) in zip(axes[: len(HEADLINE)], HEADLINE, strict=True):
+  for ax, (key, label) in zip(axes[: len(metrics)], metrics, strict=True):
     means = [agg[m][key]["mean"] for m in methods]
     sds = [agg[m][key]["sd"] for m in methods]
     # Points (mean ± sd, and every seed) rather than bars: the y axis does not start at 0.
@@ -475,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--root_dir", default=None, help="run directories (default: runs/cpu_benchmark[_quick])")
   p.add_argument("--out_dir", default=None, help="results (default: experiments/results/cpu_benchmark[_smoke])")
   p.add_argument("--quick", action="store_true", help=f"smoke settings: {QUICK}")
+  p.add_argument("--preset", choices=sorted(PRESETS), default=None, help=f"a second benchmark: {PRESETS}")
   p.add_argument("--report_only", action="store_true", help="aggregate the finished runs without training")
   p.add_argument("--measure", action="store_true", help="only time the train step of each method and project the full run")
   p.add_argument("--labels_per_class", type=int, default=None)
@@ -496,6 +522,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
   from jaxmix import METHODS
 
   values = dict(DEFAULTS)
+  if args.preset:
+    values.update(PRESETS[args.preset])
   if args.quick:
     values.update(QUICK)
   for k in values:
@@ -506,11 +534,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f"--methods {unknown} are not registered; known: {', '.join(METHODS)}.")
-  suffix = "_quick" if args.quick else ""
+  name = "cpu_benchmark" + (f"_{args.preset}" if args.preset else "")
   return Settings(
     data_dir=args.data_dir,
-    root_dir=args.root_dir or os.path.join("runs", "cpu_benchmark" + suffix),
-    out_dir=args.out_dir or os.path.join(_HERE, "results", "cpu_benchmark" + ("_smoke" if args.quick else "")),
+    root_dir=args.root_dir or os.path.join("runs", name + ("_quick" if args.quick else "")),
+    out_dir=args.out_dir or os.path.join(_HERE, "results", name + ("_smoke" if args.quick else "")),
     labels_per_class=int(values["labels_per_class"]),
     epochs=int(values["epochs"]),
     seeds=tuple(int(x) for x in values["seeds"]),
@@ -523,6 +551,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     fgsm_examples=int(values["fgsm_examples"]),
     corruption_examples=int(values["corruption_examples"]),
     corruptions=tuple(values["corruptions"]) if values["corruptions"] else None,
+    subset_seed=values["subset_seed"],
+    train_accuracy=bool(values["train_accuracy"]),
   )
 
 
@@ -539,7 +569,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.measure:
     return _measure_main(s)
   meta = {
-    "title": "jaxmix CPU-scale benchmark" + (" (SMOKE RUN: --quick settings, not a result)" if args.quick else ""),
+    "title": "jaxmix CPU-scale benchmark"
+    + (f", {args.preset} preset" if args.preset else "")
+    + (" (SMOKE RUN: --quick settings, not a result)" if args.quick else ""),
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "machine": _machine(),
     "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -13,7 +13,9 @@ verbatim, read by its dialect (``dialect``, as ``jaxmix seed DIALECT`` reads it,
   change only ``--dataset`` and ``--labels_per_class`` / ``--valid_labels_per_class``
   (README "CIFAR-100" / "SVHN" sections); SVHN's Cutout gets ``--cutout 20`` (README note).
 * **Puzzle Mix** (``snu-mllab/PuzzleMix`` README): its ``main.py`` lines for CIFAR-100
-  (PreActResNet-18 and, as the README says to change, WRN-28-10) and Tiny-ImageNet.
+  (PreActResNet-18 and, as the README says to change, WRN-28-10) and Tiny-ImageNet, and
+  its ``imagenet/README.md`` line of ``imagenet/train.py`` (ResNet-50, 300 epochs; CutMix
+  and vanilla with its other ``--method`` values).
 * **IPMix** (``hzlsaber/IPMix`` README): its ``cifar.py`` and ``imagenet.py`` lines.
 
 The rest are ``jaxmix train`` flags (``dialect == ""``):
@@ -24,8 +26,6 @@ The rest are ``jaxmix train`` flags (``dialect == ""``):
   in the loss, categorical CE, batch 128, 200 epochs, no crop/flip. Deviation: the
   notebooks subtract the per-pixel mean image; jaxmix normalises with the per-channel
   CIFAR mean/std.
-* **Puzzle Mix, ImageNet** (its ``imagenet/train.py``, which the README gives no
-  command line for): ResNet-50 for 300 epochs.
 """
 
 from __future__ import annotations
@@ -314,20 +314,13 @@ _PM_TINY = {
   "cutmix_1200ep": ("--epochs 1200 --schedule 600 900 --gammas 0.1 0.1 --train mixup --mixup_alpha 0.2 --box True", None),
 }
 
-# imagenet/train.py: ResNet-50, batch 256, lr 0.1 x 0.1 every 75 epochs of 300, Nesterov SGD, wd 1e-4, CE,
-# RandomResizedCrop(224) + flip (+ ColorJitter and PCA lighting, which jaxmix does not do), mixup_prob 1.
+# Its imagenet/README.md line (imagenet/train.py: ResNet-50, batch 256, lr 0.1 x 0.1 every 75 epochs of 300,
+# Nesterov SGD, wd 1e-4, CE, mixup_prob 1); CutMix and vanilla are the same line with its other --method values.
 _PM_IMAGENET = (
-  "--dataset imagenet2012 --arch resnet50 --batch_size 256 --learning_rate 0.1 --momentum 0.9 --nesterov True --decay 1e-4 "
-  "--epochs 300 --schedule 75 150 225 --step_factors 0.1 0.1 0.1 --loss ce --eval_batch_size 250"
+  "--net_type resnet --dataset imagenet --batch_size 256 --lr 0.1 --depth 50 --epochs 300 --expname ResNet50 -j 40 --beta 1.0 "
+  "--mixup_prob 1.0 --method {method} --transport True --no-verbose"
 )
-_PM_IMAGENET_METHODS = {
-  "puzzlemix": (
-    "--train puzzlemix --alpha 1.0 --n_labels 3 --pm_beta 1.2 --gamma 0.5 --eta 0.2 --transport True --t_eps 0.8",
-    (78.76, 94.29),
-  ),
-  "cutmix": ("--train cutmix --alpha 1.0 --cutmix_prob 1.0", (78.60, 94.08)),
-  "vanilla": ("--train vanilla", (76.32, 92.95)),
-}
+_PM_IMAGENET_METHODS = {"puzzlemix": ("puzzle", (78.76, 94.29)), "cutmix": ("cut", (78.60, 94.08)), "vanilla": ("vanilla", (76.32, 92.95))}
 
 
 def _puzzlemix_large_entries():
@@ -343,14 +336,15 @@ def _puzzlemix_large_entries():
       tiny_note,
       dialect="puzzlemix",
     )
-  for method, (flags, (top1, top5)) in _PM_IMAGENET_METHODS.items():
+  for method, (official, (top1, top5)) in _PM_IMAGENET_METHODS.items():
     yield Experiment(
       f"puzzlemix.imagenet.resnet50.{method}_300ep",
       "snu-mllab/PuzzleMix",
-      _split(f"{_PM_IMAGENET} {flags}"),
+      _split(_PM_IMAGENET.format(method=official)),
       {"test_top1": top1, "test_top5": top5},
       SRC_PM_IMAGENET,
       "its imagenet/train.py; no ColorJitter / PCA lighting in jaxmix; test = the ImageNet validation set",
+      dialect="puzzlemix",
     )
 
 

@@ -1,8 +1,8 @@
 """``jaxmix seed patchup|puzzlemix|ipmix ...``: the seed repositories' command lines, verbatim.
 
 Each dialect is the official script's argument parser (its flags, spellings and
-defaults: PatchUp's and Puzzle Mix's ``main.py``, IPMix's ``cifar.py`` and
-``imagenet.py``) and a translation
+defaults: PatchUp's and Puzzle Mix's ``main.py``, Puzzle Mix's ``imagenet/train.py``,
+IPMix's ``cifar.py`` and ``imagenet.py``) and a translation
 of the parsed flags into a ``TrainConfig`` that trains what the official code trains.
 Flags that concern only the original's hardware or bookkeeping are accepted and reported
 as ignored; a flag the script does not have is an error naming it; a value jaxmix cannot
@@ -251,6 +251,101 @@ def _puzzlemix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
 
 
 # ----------------------------------------------------------------------------
+# Puzzle Mix imagenet/train.py (CutMix's train.py with Puzzle Mix added)
+
+
+def _puzzlemix_imagenet_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="jaxmix seed puzzlemix", description="Puzzle Mix's imagenet/train.py flags (python train.py -> jaxmix seed puzzlemix train.py)."
+  )
+  a = p.add_argument
+  a("--net_type", default="resnet")
+  a("--workers", "-j", type=int, default=4)
+  a("--epochs", type=int, default=300)
+  a("--batch_size", "-b", type=int, default=64)
+  a("--lr", "--learning-rate", type=float, default=0.25)
+  a("--momentum", type=float, default=0.9)
+  a("--weight-decay", "--wd", dest="weight_decay", type=float, default=1e-4)
+  a("--print-freq", "-p", dest="print_freq", type=int, default=1)
+  a("--depth", type=int, default=50)
+  a("--no-bottleneck", dest="bottleneck", action="store_false")
+  a("--dataset", default="imagenet")
+  a("--no-verbose", dest="verbose", action="store_false")
+  a("--alpha", type=float, default=240)
+  a("--expname", default="")
+  a("--beta", type=float, default=1.0)
+  a("--mixup_prob", type=float, default=1.0)
+  a("--padding", type=int, default=4)
+  a("--method", default="puzzle", choices=("vanilla", "cut", "puzzle"))
+  a("--mp", type=int, default=8)
+  a("--n_labels", type=int, default=3)
+  a("--neigh_size", type=int, default=4)
+  a("--p_beta", type=float, default=1.2)
+  a("--p_gamma", type=float, default=0.5)
+  a("--p_eta", type=float, default=0.2)
+  a("--transport", type=parse_bool, default=True)
+  a("--t_eps", type=float, default=0.8)
+  a("--clean_lam", type=float, default=0.0)
+  a("--seed", type=int, default=-1)
+  # jaxmix additions: the script reads ImageNet from a fixed path and saves under runs/EXPNAME.
+  a("--data_dir", default="/data/readonly/ImageNet-Fast/imagenet")
+  a("--root_dir", default="runs")
+  a("--job_id", default="")
+  return p
+
+
+def _puzzlemix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
+  script = "imagenet/train.py (Puzzle Mix)"
+  if args.dataset != "imagenet":
+    _unsupported(script, "--dataset", f"{args.dataset!r}: jaxmix has the script's ImageNet ResNet-50, not its CIFAR ResNet / PyramidNet.")
+  if args.net_type != "resnet" or args.depth != 50 or not args.bottleneck:
+    _unsupported(script, "--net_type/--depth", "jaxmix has ResNet-50 (--net_type resnet --depth 50 with bottlenecks) for ImageNet.")
+  method, hparams = "vanilla", {}
+  if args.beta > 0 and args.method == "cut":  # rand_bbox, lam from the box: the clovaai rule
+    method, hparams = "cutmix", {"alpha": args.beta, "prob": args.mixup_prob}
+  elif args.beta > 0 and args.method == "puzzle":
+    if args.mixup_prob != 1.0:
+      _unsupported(script, "--mixup_prob", "jaxmix's Puzzle Mix mixes every batch (1.0, the README's value).")
+    method = "puzzlemix"  # block count drawn from {2, 4, 8, 16}, transport on the block grid
+    hparams = {
+      "alpha": args.beta,
+      "beta": args.p_beta,
+      "gamma": args.p_gamma,
+      "eta": args.p_eta,
+      "neigh_size": min(args.neigh_size, 2),  # its ImageNet branch caps it at 2
+      "n_labels": args.n_labels,
+      "transport": args.transport,
+      "t_eps": args.t_eps,
+    }
+  steps = 75 if args.epochs == 300 else 30  # its adjust_learning_rate: x0.1 every 75 (300 epochs) or 30 epochs
+  schedule = tuple(range(steps, args.epochs, steps))
+  name = args.expname + args.method + ("_tp" if args.transport else "") + f"_prob_{args.mixup_prob}"
+  return jconfig.TrainConfig(
+    dataset="imagenet2012",
+    data_dir=args.data_dir,
+    root_dir=args.root_dir,
+    job_id=args.job_id or name,
+    arch="resnet50",
+    train=method,
+    hparams=hparams,
+    clean_lam=args.clean_lam,
+    loss="ce",
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    eval_batch_size=max(1, args.batch_size // 4),
+    learning_rate=args.lr,
+    momentum=args.momentum,
+    nesterov=True,
+    decay=args.weight_decay,
+    lr_schedule="step",
+    schedule=schedule,
+    step_factors=(0.1,) * len(schedule),
+    print_freq=args.print_freq,
+    seed=max(args.seed, 0),
+  )
+
+
+# ----------------------------------------------------------------------------
 # IPMix cifar.py
 
 
@@ -410,6 +505,9 @@ DIALECTS = {
     "main.py", _puzzlemix_parser, _puzzlemix_config, ("mp", "ngpu", "workers", "add_name", "log_off", "resume", "start_epoch", "in_batch")
   ),
   "ipmix": Dialect("cifar.py", _ipmix_parser, _ipmix_config, ("num_workers", "resume"), ("--data-path", "x", "--mixing-set", "x")),
+  "puzzlemix_imagenet": Dialect(
+    "imagenet/train.py", _puzzlemix_imagenet_parser, _puzzlemix_imagenet_config, ("workers", "mp", "verbose", "padding", "alpha")
+  ),
   "ipmix_imagenet": Dialect(
     "imagenet.py",
     _ipmix_imagenet_parser,
@@ -432,6 +530,7 @@ _NOTES = {
   ),
   "ipmix_imagenet": ("the 'P' chains do not mix in an augmented copy of the image (docs/algorithms/ipmix.md)",),
   "puzzlemix": (),
+  "puzzlemix_imagenet": ("no ColorJitter(0.4, 0.4, 0.4) and PCA lighting (0.1) in the jaxmix input pipeline",),
   "patchup": (),
 }
 
@@ -443,6 +542,9 @@ _WHY_IGNORED = {
   "imagenet_a_dir": "ImageNet-A is not evaluated by the run",
   "decay_epochs": "imagenet.py parses it but its schedule is the cosine",
   "in_batch": "it only names the official run folder",
+  "verbose": "jaxmix prints every --print-freq steps",
+  "padding": "its ImageNet branch does not use it",
+  "alpha": "the PyramidNet widening factor; jaxmix trains ResNet-50",
   "resume": "a jaxmix run resumes from its run directory by itself",
   "start_epoch": "a jaxmix run resumes from its run directory by itself",
 }
@@ -459,16 +561,21 @@ def _extras() -> argparse.ArgumentParser:
 
 
 def _script(repo: str, argv: Sequence[str]) -> tuple[str, list]:
-  """The dialect of ``jaxmix seed REPO ARGV`` and its flags: ``ipmix`` runs ``cifar.py``'s line, or
-  ``imagenet.py``'s when the first word names it or its required ``--num-classes`` is given."""
+  """The dialect of ``jaxmix seed REPO ARGV`` and its flags. ``puzzlemix`` runs ``main.py``'s line, or
+  ``imagenet/train.py``'s when the first word names it or a flag only that script has is given;
+  ``ipmix`` runs ``cifar.py``'s line, or ``imagenet.py``'s when the first word names it or its
+  required ``--num-classes`` is given."""
   argv = list(argv)
+  given = lambda *flags: any(a.split("=")[0] in flags for a in argv)  # noqa: E731
+  if repo == "puzzlemix":
+    if argv and argv[0] in ("main.py", "train.py", "imagenet/train.py"):
+      return ("puzzlemix" if argv[0] == "main.py" else "puzzlemix_imagenet"), argv[1:]
+    return ("puzzlemix_imagenet" if given("--net_type", "--method", "--mixup_prob", "--p_beta") else repo), argv
   if repo != "ipmix":
     return repo, argv
   if argv and argv[0] in ("cifar.py", "imagenet.py"):
     return ("ipmix" if argv[0] == "cifar.py" else "ipmix_imagenet"), argv[1:]
-  if any(a == "--num-classes" or a.startswith("--num-classes=") for a in argv):
-    return "ipmix_imagenet", argv
-  return repo, argv
+  return ("ipmix_imagenet" if given("--num-classes") else repo), argv
 
 
 def parse(repo: str, argv: Sequence[str]) -> tuple[jconfig.TrainConfig, argparse.Namespace, list]:
@@ -499,7 +606,10 @@ def cli_main(argv: Sequence[str]) -> int:
   """``jaxmix seed <repo> <the official script's flags> [--print_config]``."""
   argv = list(argv)
   if not argv or argv[0] not in REPOS:
-    known = "patchup (main.py), puzzlemix (main.py), ipmix (cifar.py, or imagenet.py: 'ipmix imagenet.py ...' or with --num-classes)"
+    known = (
+      "patchup (main.py), puzzlemix (main.py, or imagenet/train.py: 'puzzlemix train.py ...' or with its --method/--net_type), "
+      "ipmix (cifar.py, or imagenet.py: 'ipmix imagenet.py ...' or with --num-classes)"
+    )
     print(f"usage: jaxmix seed {{{','.join(REPOS)}}} <flags of the official script>\nknown: {known}", file=sys.stderr)
     return 2
   repo = argv[0]

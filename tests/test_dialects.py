@@ -141,6 +141,46 @@ def test_ipmix_imagenet_command_trains_what_its_imagenet_py_trains(capsys):
     dialects.parse("ipmix", ["imagenet.py", *shlex.split(IPMIX_IMAGENET_README), "--data-path", "x"])
 
 
+PUZZLEMIX_IMAGENET_README = (  # imagenet/README.md
+  "--net_type resnet --dataset imagenet --batch_size 256 --lr 0.1 --depth 50 --epochs 300 --expname ResNet50 -j 40 --beta 1.0 "
+  "--mixup_prob 1.0 --method puzzle --transport True --no-verbose"
+)
+
+
+def test_puzzlemix_imagenet_command_trains_what_its_train_py_trains(capsys):
+  cfg, _, notes = dialects.parse("puzzlemix", shlex.split(PUZZLEMIX_IMAGENET_README))  # --net_type says imagenet/train.py
+  # train.py: lam ~ Beta(--beta), block count 2 ** randint(1, 5), neigh_size min(4, 2) on ImageNet, no t_size (the block grid)
+  assert cfg.train == "puzzlemix" and cfg.hparams["alpha"] == 1.0 and cfg.hparams["neigh_size"] == 2 and "t_size" not in cfg.hparams
+  assert (cfg.hparams["beta"], cfg.hparams["gamma"], cfg.hparams["eta"], cfg.hparams["t_eps"]) == (1.2, 0.5, 0.2, 0.8)  # --p_* defaults
+  # adjust_learning_rate: x0.1 every 75 epochs of 300; SGD Nesterov, wd 1e-4, CE; validation batch batch_size // 4
+  assert (cfg.schedule, cfg.step_factors, cfg.learning_rate, cfg.decay, cfg.nesterov, cfg.loss) == (
+    (75, 150, 225),
+    (0.1, 0.1, 0.1),
+    0.1,
+    1e-4,
+    True,
+    "ce",
+  )
+  assert (cfg.dataset, cfg.arch, cfg.batch_size, cfg.eval_batch_size, cfg.job_id) == (
+    "imagenet2012",
+    "resnet50",
+    256,
+    64,
+    "ResNet50puzzle_tp_prob_1.0",  # its args.expname
+  )
+  assert any("--workers ignored" in n for n in notes) and any("ColorJitter" in n for n in notes)
+  cut, _, _ = dialects.parse("puzzlemix", ["train.py", *shlex.split(PUZZLEMIX_IMAGENET_README.replace("puzzle", "cut")), "--epochs", "90"])
+  assert cut.train == "cutmix" and cut.hparams == {"alpha": 1.0, "prob": 1.0} and cut.schedule == (30, 60)  # x0.1 every 30
+  bad_values = (
+    (["--net_type", "pyramidnet"], "--net_type"),
+    (["--dataset", "cifar100"], "cifar100"),
+    (["--mixup_prob", "0.5"], "mixup_prob"),
+  )
+  for bad, word in bad_values:
+    assert dialects.cli_main(["puzzlemix", *shlex.split(PUZZLEMIX_IMAGENET_README), *bad]) == 2
+    assert word in capsys.readouterr().err
+
+
 def test_unknown_flags_unsupported_values_and_ignored_flags(capsys):
   with pytest.raises(SystemExit):
     dialects.parse("puzzlemix", ["--train", "mixup", "--mixup_alpha", "1", "--graph_cut", "True"])

@@ -1,5 +1,6 @@
 """Tests of ``experiments/``: the seed commands, the runner and the CPU benchmark (one tiny real run)."""
 
+import dataclasses
 import inspect
 import itertools
 import json
@@ -227,14 +228,21 @@ def test_puzzlemix_tiny_imagenet_and_imagenet_entries():
     1.0,
   )
   assert _parse(seeds.BY_NAME["puzzlemix.tiny-imagenet-200.preactresnet18.cutmix_1200ep"]).hparams["box_rule"] == "puzzlemix"
-  imagenet = _parse(seeds.BY_NAME["puzzlemix.imagenet.resnet50.puzzlemix_300ep"])
-  assert (imagenet.arch, imagenet.epochs, imagenet.schedule, imagenet.loss, imagenet.batch_size) == (
+  entry = seeds.BY_NAME["puzzlemix.imagenet.resnet50.puzzlemix_300ep"]
+  assert entry.dialect == "puzzlemix" and "--net_type" in entry.argv  # its imagenet/README.md line
+  imagenet = _parse(entry)
+  # imagenet/train.py: x0.1 every 75 of 300 epochs, CE, Nesterov, evaluation batch 256 // 4, neigh_size capped at 2
+  assert (imagenet.arch, imagenet.epochs, imagenet.schedule, imagenet.loss, imagenet.batch_size, imagenet.eval_batch_size) == (
     "resnet50",
     300,
     (75, 150, 225),
     "ce",
     256,
+    64,
   )
+  assert imagenet.train == "puzzlemix" and imagenet.hparams["neigh_size"] == 2 and imagenet.data_dir == "/data"
+  cut = _parse(seeds.BY_NAME["puzzlemix.imagenet.resnet50.cutmix_300ep"])
+  assert cut.train == "cutmix" and cut.hparams == {"alpha": 1.0, "prob": 1.0}  # rand_bbox: the clovaai box rule
 
 
 def test_extra_flags_override():
@@ -354,6 +362,26 @@ def test_benchmark_configs_are_valid(tmp_path):
     cb.settings_from_args(cb.build_parser().parse_args(["--data_dir", "/d", "--methods", "vanilla", "nosuch"]))
 
 
+def test_overfit_preset_one_subset_for_every_seed_and_train_columns(tmp_path):
+  s = cb.settings_from_args(cb.build_parser().parse_args(["--data_dir", CIFAR_DIR, "--preset", "overfit"]))
+  assert (s.labels_per_class, s.epochs, s.subset_seed, s.train_accuracy, s.seeds) == (200, 100, 0, True, (0, 1, 2))
+  assert s.root_dir == os.path.join("runs", "cpu_benchmark_overfit")
+  assert s.out_dir.endswith(os.path.join("results", "cpu_benchmark_overfit"))
+  cfgs = [cb.train_config(s, "vanilla", seed) for seed in (0, 1)]
+  assert [c.seed for c in cfgs] == [0, 1] and {c.subset_seed for c in cfgs} == {0}
+  first, second = (jtrain.config.load_data(c).train.labels for c in cfgs)
+  assert np.array_equal(np.asarray(first), np.asarray(second)) and np.bincount(np.asarray(first)).tolist() == [200] * 10
+  default = cb.settings_from_args(cb.build_parser().parse_args(["--data_dir", CIFAR_DIR]))
+  a, b = (jtrain.config.load_data(cb.train_config(default, "vanilla", seed)).train.images for seed in (0, 1))
+  assert not np.array_equal(np.asarray(a[:50]), np.asarray(b[:50]))  # the 14-epoch table: a subset per seed, as before
+  recs = [_record("vanilla", 0, 60.0) | {"train_top1": 99.0, "gap": 39.0}, _record("mixup", 0, 61.0) | {"train_top1": 90.0, "gap": 29.0}]
+  meta = {"title": "t", "date": "d", "machine": "m", "loadavg_start": "0", "command": "c", "settings": cb.dataclasses.asdict(s)}
+  cb.write_outputs(dataclasses.replace(s, out_dir=str(tmp_path)), recs, meta)
+  table = (tmp_path / "table.md").read_text()
+  assert "final train top-1 (%)" in table and "| mixup | 1 | 61.00 ± 0.00 |" in table and "90.00 ± 0.00 | 29.00 ± 0.00 |" in table
+  assert "the same subset for every run" in table
+
+
 def test_main_survives_a_failing_method(tmp_path, monkeypatch):
   from jaxmix.training import data as jdata
 
@@ -388,6 +416,7 @@ def test_run_one_trains_evaluates_caches_and_backfills(tmp_path):
   from jaxmix.training import data as jdata
 
   argv = ["--data_dir", CIFAR_DIR, "--root_dir", str(tmp_path), "--labels_per_class", "2", "--epochs", "1", "--batch_size", "10"]
+  argv += ["--preset", "overfit"]  # its fixed subset and the training accuracy, at a tiny size
   argv += ["--fgsm_examples", "20", "--corruption_examples", "10", "--corruptions", "contrast", "--widths", "8", "8", "8", "8"]
   s = cb.settings_from_args(cb.build_parser().parse_args(argv))
   test = jdata.load("cifar10", CIFAR_DIR).test
@@ -397,6 +426,7 @@ def test_run_one_trains_evaluates_caches_and_backfills(tmp_path):
   assert rec["test_n"] == 200 and rec["fgsm_n"] == 20 and rec["corruption_n"] == 10
   assert set(rec["corruptions"]) == {"contrast"} and 0.0 <= rec["test_top1"] <= 100.0
   assert rec["overconfidence"] == pytest.approx(rec["mean_confidence"] - rec["test_top1"])
+  assert 0.0 <= rec["train_top1"] <= 100.0 and rec["gap"] == pytest.approx(rec["train_top1"] - rec["test_top1"])
   eval_path = tmp_path / "vanilla_seed0" / "eval.json"
   assert json.loads(eval_path.read_text()) == rec
   assert cb.run_one(s, "vanilla", 0, test) == rec  # finished: read back, not retrained

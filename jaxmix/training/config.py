@@ -80,6 +80,7 @@ class TrainConfig:
   job_id: str = _field("", "name of the run directory (default: derived from dataset/arch/method/seed)")
   labels_per_class: Optional[int] = _field(None, "training examples per class (default: all)")
   valid_labels_per_class: int = _field(0, "held-out validation examples per class")
+  subset_seed: Optional[int] = _field(None, "seed of the labels_per_class / valid_labels_per_class subset (default: --seed)")
   arch: str = _field("preactresnet18", "model architecture", choices=models.ARCHS)
   model_kwargs: dict = _field({}, "JSON kwargs of the model, e.g. '{\"widths\": [16, 32, 64, 128]}'")
   dtype: str = _field(
@@ -362,6 +363,8 @@ def validate(cfg: TrainConfig) -> None:
     _int_at_least(cfg, name, 0)
   if cfg.labels_per_class is not None:
     _int_at_least(cfg, "labels_per_class", 1)
+  if cfg.subset_seed is not None:
+    _int_at_least(cfg, "subset_seed", 0)
   _finite(cfg, "learning_rate", positive=True)
   _finite(cfg, "momentum", high=1.0)
   _finite(cfg, "decay")
@@ -463,7 +466,7 @@ def load_data(cfg: TrainConfig) -> Any:
     cfg.data_dir,
     labels_per_class=cfg.labels_per_class,
     valid_labels_per_class=cfg.valid_labels_per_class,
-    seed=cfg.seed,
+    seed=cfg.seed if cfg.subset_seed is None else cfg.subset_seed,
     download=cfg.download,
     image_size=cfg.image_size or None,
     augment=cfg.augment or None,
