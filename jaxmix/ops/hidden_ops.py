@@ -359,7 +359,10 @@ def dropblock(key, features: Array, *, block_size: int = 7, keep_prob=0.9, varia
     n_dropped = jnp.sum(dropped)
   total = jnp.float32(dropped.size) - n_dropped
   scale = jnp.where(total > 0, dropped.size / jnp.where(total > 0, total, 1.0), 0.0)
-  return (features.astype(jnp.float32) * (1.0 - dropped.astype(jnp.float32)) * scale).astype(features.dtype)
+  # The mask is materialised (the barrier keeps XLA from recomputing the unpacking inside
+  # every consumer: on CPU those are transposing fusions of the backward pass, where it was slow).
+  mask = jax.lax.optimization_barrier((1.0 - dropped.astype(jnp.float32)) * scale)
+  return (features.astype(jnp.float32) * mask).astype(features.dtype)
 
 
 _WORD_BITS = 32
