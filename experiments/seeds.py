@@ -349,7 +349,7 @@ def _puzzlemix_large_entries():
 
 
 # ----------------------------------------------------------------------------
-# IPMix (cifar.py's command line, verbatim, through `jaxmix seed ipmix`; imagenet.py as jaxmix train flags)
+# IPMix (its cifar.py and imagenet.py command lines, verbatim, through `jaxmix seed ipmix`)
 
 
 def _ipmix_entries():

@@ -319,7 +319,8 @@ def _puzzlemix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     }
   steps = 75 if args.epochs == 300 else 30  # its adjust_learning_rate: x0.1 every 75 (300 epochs) or 30 epochs
   schedule = tuple(range(steps, args.epochs, steps))
-  name = args.expname + args.method + ("_tp" if args.transport else "") + f"_prob_{args.mixup_prob}"
+  name = args.expname + args.method + ("_tp" if args.transport else "") + f"_prob_{args.mixup_prob}"  # its args.expname
+  name += (f"_clean_{args.clean_lam}" if args.clean_lam > 0 else "") + (f"_seed{args.seed}" if args.seed >= 0 else "")
   return jconfig.TrainConfig(
     dataset="imagenet2012",
     data_dir=args.data_dir,
@@ -328,7 +329,8 @@ def _puzzlemix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     arch="resnet50",
     train=method,
     hparams=hparams,
-    clean_lam=args.clean_lam,
+    # Its clean loss is clean_lam * CE; jaxmix's is 2 clean_lam / K * CE (main.py's, K classes).
+    clean_lam=args.clean_lam * 1000 / 2,
     loss="ce",
     epochs=args.epochs,
     batch_size=args.batch_size,
@@ -463,7 +465,7 @@ def _imagenet_root(script: str, train: str, val: str) -> str:
       "--data-standard/--data-val",
       f"jaxmix reads the train/ and val/ class folders of one directory; got {train!r} and {val!r} (pass DIR/train and DIR/val).",
     )
-  return root
+  return root or "."
 
 
 def _ipmix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
@@ -484,7 +486,14 @@ def _ipmix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
     arch="resnet50",
     train="ipmix",
     mixing_set=args.mixing_set,
-    hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity, "overflow": "wrap"},
+    hparams={
+      "k": args.k,
+      "depth": args.t,
+      "beta": float(args.beta),
+      "severity": args.aug_severity,
+      "overflow": "wrap",
+      "patch_sizes": (4, 8, 16, 32, 64, 224),  # its ipmix(): patch_sizes = [4, 8, 16, 32, 64, 224]
+    },
     loss="ce",
     jsd=not args.no_jsd,
     epochs=args.epochs,

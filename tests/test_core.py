@@ -196,7 +196,8 @@ def test_apply_to_selected_is_the_dense_where_in_any_number_of_blocks(rate, capa
 
 
 def test_selection_capacity_covers_the_draw():
-  assert core.selection_capacity(384, 0.375) == 193  # ceil(144 + 5 sqrt(144 * 0.625) + 1) and core.selection_capacity(10, 1.0) == 10
+  assert core.selection_capacity(384, 0.375) == 193  # ceil(144 + 5 sqrt(144 * 0.625) + 1)
+  assert core.selection_capacity(10, 1.0) == 10
   assert core.selection_capacity(1000, 0.0) == 1
   # For 1,000 binomial draws, a block is too small about as often as 5 sigmas allow (never here).
   counts = np.random.default_rng(0).binomial(384, 0.375, 1000)

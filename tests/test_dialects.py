@@ -125,7 +125,9 @@ def test_ipmix_imagenet_command_trains_what_its_imagenet_py_trains(capsys):
   got = (cfg.dataset, cfg.data_dir, cfg.arch, cfg.epochs, cfg.batch_size, cfg.eval_batch_size)
   assert got == ("imagenet2012", "/in", "resnet50", 180, 128, 512)
   assert (cfg.learning_rate, cfg.decay, cfg.nesterov, cfg.lr_schedule, cfg.loss, cfg.jsd) == (0.01, 5e-4, True, "cosine", "ce", True)
-  assert cfg.hparams == {"k": 3, "depth": 3, "beta": 4.0, "severity": 1, "overflow": "wrap"} and cfg.mixing_set == "./mixing_set"
+  patch_sizes = (4, 8, 16, 32, 64, 224)  # its ipmix(): patch_sizes = [4, 8, 16, 32, 64, 224]
+  assert cfg.hparams == {"k": 3, "depth": 3, "beta": 4.0, "severity": 1, "overflow": "wrap", "patch_sizes": patch_sizes}
+  assert cfg.mixing_set == "./mixing_set"
   assert any("--imagenet-r-dir ignored" in n for n in notes) and cfg.root_dir == "checkpoints/TEMP"
   explicit, _, _ = dialects.parse("ipmix", ["imagenet.py", *shlex.split(IPMIX_IMAGENET_README), "--no-jsd", "--lr", "0.1", "-b", "256"])
   assert (explicit.jsd, explicit.learning_rate, explicit.batch_size) == (False, 0.1, 256)
@@ -169,6 +171,10 @@ def test_puzzlemix_imagenet_command_trains_what_its_train_py_trains(capsys):
     "ResNet50puzzle_tp_prob_1.0",  # its args.expname
   )
   assert any("--workers ignored" in n for n in notes) and any("ColorJitter" in n for n in notes)
+  # Its clean loss is clean_lam * CE; jaxmix's is 2 clean_lam / K * CE: 0.5 becomes 250. Its expname names the seed.
+  clean, _, _ = dialects.parse("puzzlemix", [*shlex.split(PUZZLEMIX_IMAGENET_README), "--clean_lam", "0.5", "--seed", "2"])
+  assert clean.clean_lam == 250.0 and 2 * clean.clean_lam / 1000 == 0.5
+  assert (clean.job_id, clean.seed) == ("ResNet50puzzle_tp_prob_1.0_clean_0.5_seed2", 2)
   cut, _, _ = dialects.parse("puzzlemix", ["train.py", *shlex.split(PUZZLEMIX_IMAGENET_README.replace("puzzle", "cut")), "--epochs", "90"])
   assert cut.train == "cutmix" and cut.hparams == {"alpha": 1.0, "prob": 1.0} and cut.schedule == (30, 60)  # x0.1 every 30
   bad_values = (

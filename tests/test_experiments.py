@@ -369,8 +369,10 @@ def test_overfit_preset_one_subset_for_every_seed_and_train_columns(tmp_path):
   assert s.out_dir.endswith(os.path.join("results", "cpu_benchmark_overfit"))
   cfgs = [cb.train_config(s, "vanilla", seed) for seed in (0, 1)]
   assert [c.seed for c in cfgs] == [0, 1] and {c.subset_seed for c in cfgs} == {0}
-  first, second = (jtrain.config.load_data(c).train.labels for c in cfgs)
-  assert np.array_equal(np.asarray(first), np.asarray(second)) and np.bincount(np.asarray(first)).tolist() == [200] * 10
+  first, second = (jtrain.config.load_data(c).train for c in cfgs)
+  assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
+  assert np.array_equal(np.asarray(first.labels), np.asarray(second.labels))
+  assert np.bincount(np.asarray(first.labels)).tolist() == [200] * 10
   default = cb.settings_from_args(cb.build_parser().parse_args(["--data_dir", CIFAR_DIR]))
   a, b = (jtrain.config.load_data(cb.train_config(default, "vanilla", seed)).train.images for seed in (0, 1))
   assert not np.array_equal(np.asarray(a[:50]), np.asarray(b[:50]))  # the 14-epoch table: a subset per seed, as before
