@@ -54,3 +54,27 @@ def test_bad_arguments_raise(kwargs):
   args = {"n": 2, "size": 32, **kwargs}
   with pytest.raises(ValueError, match=next(iter(kwargs))):
     fractals.generate(0, **args)
+
+
+def test_default_mixing_set_is_kept_on_disk_for_the_next_process(tmp_path, monkeypatch):
+  """Generated once, saved under $JAXMIX_CACHE_DIR, loaded (not regenerated) by the next
+  process; a damaged file is regenerated."""
+  from jaxmix.ops import fractals as fr
+
+  calls = []
+
+  def fake_generate(seed, n, size):
+    calls.append(size)
+    return np.linspace(0.0, 1.0, n * size * size * 3, dtype=np.float32).reshape(n, size, size, 3)
+
+  monkeypatch.setenv("JAXMIX_CACHE_DIR", str(tmp_path))
+  monkeypatch.setattr(fr, "generate", fake_generate)
+  make = fr.default_mixing_set.__wrapped__  # without the in-process cache: a new process
+  first = make(12)
+  assert calls == [12] and first.dtype == np.uint8 and first.shape == (fr.DEFAULT_COUNT, 12, 12, 3)
+  (path,) = tmp_path.iterdir()
+  np.testing.assert_array_equal(make(12), first)
+  assert calls == [12]  # read back, not generated
+  path.write_bytes(b"not an npy file")
+  np.testing.assert_array_equal(make(12), first)
+  assert calls == [12, 12]  # damaged: generated again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -321,6 +322,12 @@ class Words:
 def beta_words(alpha: float, shape) -> int:
   """The number of ``Words`` that ``Words.beta(alpha, shape)`` takes."""
   return int(np.prod(shape, dtype=np.int64)) if alpha == 1 else 0
+
+
+def cache_dir() -> str:
+  """Where jaxmix keeps what it computes once per machine: ``$JAXMIX_CACHE_DIR``, default
+  ``~/.cache/jaxmix/data`` (decoded data sets, the built-in IPMix fractals)."""
+  return os.environ.get("JAXMIX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxmix", "data")
 
 
 def fmix32(h: Array) -> Array:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmix.ops import core
 from jaxmix.ops.core import Array
 
 _MAX_MAPS = 4
@@ -187,7 +189,24 @@ def default_mixing_set(size: int) -> np.ndarray:
 
   Generated once per size (also when first needed inside a ``jit`` trace) and kept
   on the host as a ``[N, size, size, 3]`` uint8 array, so a jitted IPMix embeds it
-  as a 1 MB constant (at size 36) rather than regenerating it.
+  as a 1 MB constant (at size 36) rather than regenerating it; also saved under
+  ``core.cache_dir()`` (``$JAXMIX_CACHE_DIR``), so later processes load it instead of
+  generating it again.
   """
+  path = os.path.join(core.cache_dir(), f"fractals-seed{DEFAULT_SEED}-n{DEFAULT_COUNT}-side{size}.npy")
+  try:
+    cached = np.load(path)
+    if cached.shape == (DEFAULT_COUNT, size, size, 3) and cached.dtype == np.uint8:
+      return cached
+  except (OSError, ValueError):  # absent or unreadable: generate it again
+    pass
   pictures = np.asarray(generate(DEFAULT_SEED, DEFAULT_COUNT, size))
-  return np.round(pictures * 255.0).astype(np.uint8)
+  levels = np.round(pictures * 255.0).astype(np.uint8)
+  try:  # kept for the next process (generating takes ~10 s on a 2-core CPU); atomic
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, levels)
+    os.replace(tmp, path)
+  except OSError:
+    pass
+  return levels

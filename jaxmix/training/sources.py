@@ -50,6 +50,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from jaxmix.ops import core
+
 __all__ = (
   "Listing",
   "cache_dir",
@@ -70,9 +72,7 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"
 _CHUNK = 256
 
 
-def cache_dir() -> str:
-  """``$JAXMIX_CACHE_DIR``, default ``~/.cache/jaxmix/data``."""
-  return os.environ.get("JAXMIX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxmix", "data")
+cache_dir = core.cache_dir  # ``$JAXMIX_CACHE_DIR``, default ``~/.cache/jaxmix/data``
 
 
 # ----------------------------------------------------------------------------
