@@ -335,3 +335,19 @@ def test_cli_clear_errors(tmp_path, capsys):
   rc = jtrain.loop.cli_main(["--dataset", "imagenet42", "--root_dir", str(tmp_path), "--arch", "preactresnet_small"])
   assert rc == 2
   assert "imagenet42" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_eval_step_sums_for_any_batch_size_including_one(n):
+  """The eval step's sums match an eager computation, also for a one-example batch sharded
+  over the mesh (Puzzle Mix's ImageNet --batch_size 4 evaluates in batches of 1)."""
+  model = _Linear()
+  variables = {"params": _state(model).params, "batch_stats": {}}
+  mesh = _mesh(1)
+  batch = _batch(n, seed=3) | {"mask": np.ones(n, bool)}
+  sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS)))
+  out = ts.make_eval_step(model, mesh)(variables, sharded, MEAN, STD)
+  logits = model.apply(variables, jaxmix.normalize(jnp.asarray(batch["image"]), MEAN, STD))
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(batch["label"]))
+  np.testing.assert_allclose(float(out["ce"]), float(jnp.sum(want)), rtol=1e-5)
+  assert float(out["count"]) == n and float(out["correct"]) == float(jnp.sum(jnp.argmax(logits, -1) == batch["label"]))

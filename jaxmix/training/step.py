@@ -357,7 +357,9 @@ def make_eval_step(model, mesh):
     x = normalize(batch["image"], mean, std)
     logits = model.apply(variables, x, train=False)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    # CE against one-hot targets rather than optax's integer-label gather, which JAX's
+    # sharding rules reject for a one-example batch sharded over the mesh (eval batch 1).
+    ce = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype))
     return {
       "correct": jnp.sum(top_k_correct(logits, labels, 1) * mask),
       "correct5": jnp.sum(top_k_correct(logits, labels, 5) * mask),
