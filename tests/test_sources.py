@@ -246,6 +246,13 @@ def _write_pictures(root, n=5, seed=3):
   (root / "notes.txt").write_text("not a picture")
 
 
+def test_mixing_side_is_the_official_resize():
+  from jaxmix.training import loop
+
+  # cifar.py: Resize(36) + RandomCrop(32); imagenet.py: Resize(256) + RandomCrop(224)
+  assert (loop.mixing_side(32, "crop_flip"), loop.mixing_side(224, "inception"), loop.mixing_side(64, "crop_flip")) == (36, 256, 72)
+
+
 def test_mixing_pictures_resized_then_cropped_per_example(tmp_path):
   """IPMix's --mixing-set: Resize(36) (shorter side, aspect kept), then a random 32x32 crop per draw."""
   _write_pictures(tmp_path / "set")

@@ -47,6 +47,13 @@ __all__ = ("TrainConfig", "cli_main", "evaluate", "train")
 # Building blocks
 
 
+def mixing_side(image_size: int, augment: str) -> int:
+  """The shorter side IPMix's mixing pictures are resized to before the per-draw crop:
+  ``cifar.py``'s ``Resize(36)`` for 32 (9/8 of the side), ``imagenet.py``'s ``Resize(256)``
+  for the 224 crop of the ``inception`` recipe (the side / 0.875)."""
+  return round(image_size / 0.875) if augment == "inception" else image_size + image_size // 8
+
+
 def evaluate(eval_step, variables, split, data, batch_size: int, sharding) -> dict:
   """Top-1 / top-5 accuracy (%) and mean CE of ``variables`` on a data split."""
   totals = None
@@ -120,9 +127,8 @@ def train(cfg: TrainConfig) -> dict:
     return finished
   data = load_data(cfg)
   mixing_pictures = None
-  if cfg.mixing_set is not None:  # IPMix's Resize(36) for 32x32 (9/8 of the side), Resize(256) for the 224 crop
-    side = round(data.image_size / 0.875) if data.augment == "inception" else data.image_size + data.image_size // 8
-    mixing_pictures = sources.load_pictures(cfg.mixing_set, short_side=side)
+  if cfg.mixing_set is not None:
+    mixing_pictures = sources.load_pictures(cfg.mixing_set, short_side=mixing_side(data.image_size, data.augment))
   mesh = ts.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
   if jax.process_count() > 1 and n_dev != jax.device_count():
