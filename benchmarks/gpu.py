@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import re
@@ -37,13 +36,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxmix
 from jaxmix.training import models
 from jaxmix.training import step as ts
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ops import load_timm_mixup  # noqa: E402  (the sibling benchmarks, not installed modules)
+from train_step import build_step  # noqa: E402
+
 NUM_CLASSES = 10
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # synthetic batches: any normalisation will do
 BF16_LARGE_METHODS = ("vanilla", "mixup", "cutmix", "puzzlemix")
 
 
@@ -62,53 +65,29 @@ def _groups(tiny: bool) -> list:
   ]
 
 
-def _step_fn(model, method: str, side: int, batch: int, mesh):
-  """A compiled step of ``method`` and its state, batch and key; returns ``(run, compile_s)``."""
-  hp = dict(jaxmix.METHODS[method].defaults)
-  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-  cfg = ts.StepConfig(method=method, hparams=tuple(sorted(hp.items())), num_classes=NUM_CLASSES, mean=mean, std=std)
-  step = ts.make_train_step(model, cfg, mesh)
-  rng = np.random.default_rng(0)
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  images = jax.device_put(rng.integers(0, 256, (batch, side, side, 3), dtype=np.uint8), data)
-  labels = jax.device_put(rng.integers(0, NUM_CLASSES, batch).astype(np.int32), data)
-  init = ts.init_state(model, optax.sgd(0.01, momentum=0.9), jax.random.key(0), (side, side, 3), seed_key=jax.random.key(0))
-  state = [jax.device_put(init, replicated)]
-  key = jax.random.key_data(jax.random.key(1))
-  batch_dict = {"image": images, "label": labels}
-  t0 = time.perf_counter()
-  state[0], metrics = step(state[0], batch_dict, key)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t0
-
-  def run() -> float:
-    t0 = time.perf_counter()
-    state[0], metrics = step(state[0], batch_dict, key)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - t0
-
-  return run, compile_s
-
-
 def train_steps(tiny: bool, steps: int, deadline: float) -> tuple[list, list]:
   """Rows of the train-step table, and the cases skipped for time."""
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (ts.AXIS,))
   rows, skipped = [], []
   for name, arch, side, batch, dtype, methods in _groups(tiny):
     model = models.get_model(arch, NUM_CLASSES, dtype=dtype)
+    rng = np.random.default_rng(0)
+    host_batch = {
+      "image": rng.integers(0, 256, (batch, side, side, 3), dtype=np.uint8),
+      "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
+    }
     built = {}
     for method in methods:
       if time.perf_counter() > deadline:
         skipped.append(f"{name} {dtype} {method}")
         continue
-      built[method] = _step_fn(model, method, side, batch, mesh)
+      built[method] = build_step(model, method, [host_batch], mesh, mean=MEAN, std=STD, num_classes=NUM_CLASSES)
     if "vanilla" not in built:
       continue
     times = {m: [] for m in built}
     for _ in range(steps):
       for method, (run, _) in built.items():
-        times[method].append(run())
+        times[method].append(run(0))
     for method, (_, compile_s) in built.items():
       ms = 1e3 * statistics.median(times[method])
       ratio = statistics.median(t / v for t, v in zip(times[method], times["vanilla"], strict=True))
@@ -129,22 +108,6 @@ def train_steps(tiny: bool, steps: int, deadline: float) -> tuple[list, list]:
   return rows, skipped
 
 
-def _load_timm():
-  """torch and timm's mixup module (by path: ``import timm`` needs torchvision), or ``(None, None)``."""
-  try:
-    import torch
-  except ImportError:
-    return None, None
-  spec = importlib.util.find_spec("timm")
-  if spec is None or not spec.submodule_search_locations:
-    return None, None
-  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mixup.py")
-  module_spec = importlib.util.spec_from_file_location("_timm_mixup", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return torch, module
-
-
 def _median_ms(fn, calls: int, sync=lambda: None) -> float:
   fn()
   sync()
@@ -159,7 +122,7 @@ def _median_ms(fn, calls: int, sync=lambda: None) -> float:
 
 def input_ops(tiny: bool, calls: int) -> list:
   """Rows of the input-op table: jaxmix (jitted, on the JAX device) and timm batch mode (on torch's)."""
-  torch, timm_mixup = _load_timm()
+  torch, timm_mixup = load_timm_mixup()
   shapes = [(8, 32, 32, 3)] if tiny else [(128, 32, 32, 3), (64, 224, 224, 3)]
   rows = []
   for shape in shapes:

@@ -84,23 +84,20 @@ def _time_op(method, batch, ds, steps):
   return 1e3 * statistics.median(times), where
 
 
-def _build_step(model, method, batches, mesh, sharding, replicated, ds, jsd=False):
-  """The compiled step of ``method``: ``(run_one, compile_s)``; ``run_one(i)`` times step ``i``."""
+def build_step(model, method, batches, mesh, *, mean, std, jsd=False, num_classes=10):
+  """The compiled step of ``method`` on host ``batches`` (placed on ``mesh``): ``(run_one, compile_s)``.
+
+  ``compile_s`` is the first call (compile and run); ``run_one(i)`` runs and times step ``i``
+  on batch ``i`` modulo their number. Also used by ``benchmarks/gpu.py``.
+  """
   hp = dict(jaxmix.METHODS[method].defaults)
-  cfg = ts.StepConfig(
-    method=method,
-    hparams=tuple(sorted(hp.items())),
-    num_classes=10,
-    mean=ds.mean,
-    std=ds.std,
-    jsd=jsd,
-  )
+  cfg = ts.StepConfig(method=method, hparams=tuple(sorted(hp.items())), num_classes=num_classes, mean=mean, std=std, jsd=jsd)
   step = ts.make_train_step(model, cfg, mesh)
-  state = [
-    jax.device_put(
-      ts.init_state(model, optax.sgd(0.01, momentum=0.9), jax.random.key(0), (32, 32, 3), seed_key=jax.random.key(0)), replicated
-    )
-  ]
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  image_shape = tuple(batches[0]["image"].shape[1:])
+  init = ts.init_state(model, optax.sgd(0.01, momentum=0.9), jax.random.key(0), image_shape, seed_key=jax.random.key(0))
+  state = [jax.device_put(init, replicated)]
   key = jax.random.key_data(jax.random.key(1))
   device_batches = [jax.device_put(b, sharding) for b in batches]
   t0 = time.perf_counter()
@@ -130,8 +127,6 @@ def main():
   ds = jdata.load("cifar10", args.data_dir, labels_per_class=500)
   batches = list(jdata.train_batches(ds.train, batch_size=args.batch, seed=0, epoch=0))[: args.steps + 1]
   mesh = jax.make_mesh((jax.device_count(),), (ts.AXIS,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   model = models.get_model("preactresnet_small", 10, dtype=args.dtype)
   methods = args.methods or list(jaxmix.METHODS)
   if "vanilla" in methods:
@@ -149,7 +144,7 @@ def main():
   # vanilla baseline alike: ``ratio`` is the median over rounds of method / vanilla of that round.
   steps = {}
   for label, method, jsd in runs:
-    steps[label] = _build_step(model, method, batches, mesh, sharding, replicated, ds, jsd=jsd)
+    steps[label] = build_step(model, method, batches, mesh, mean=ds.mean, std=ds.std, jsd=jsd)
   times = {label: [] for label in steps}
   for i in range(1, args.steps + 1):
     for label, (run_one, _) in steps.items():
