@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from jaxmix.training import config as jconfig
 from jaxmix.training import loop, step
@@ -391,27 +391,38 @@ def _ipmix_config(args: argparse.Namespace) -> jconfig.TrainConfig:
   arch, model_kwargs = ("wrn40_4", {"depth": args.layers, "widen_factor": args.widen_factor}) if args.model == "wrn" else ("resnext29", {})
   if args.evaluate:
     _unsupported(script, "--evaluate", "use 'jaxmix eval --checkpoint RUN_DIR'.")
-  return jconfig.TrainConfig(
+  return _ipmix_recipe(
+    args,
     dataset=args.dataset,
     data_dir=args.data_path,
-    root_dir=args.save,
     arch=arch,
     model_kwargs=model_kwargs,
+    eval_batch_size=args.eval_batch_size,
+    learning_rate=args.learning_rate,
+    decay=args.decay,
+    crop_padding=4,
+  )
+
+
+def _ipmix_recipe(args: argparse.Namespace, *, hparams: Optional[dict] = None, **fields) -> jconfig.TrainConfig:
+  """What ``cifar.py`` and ``imagenet.py`` share: IPMix with JSD unless ``--no-jsd``, CE, SGD with
+  Nesterov momentum and the per-step cosine (its ``LambdaLR``), the uint8 wrap of its
+  add/multiply, their common flags; plus each script's ``fields`` and extra ``hparams``."""
+  ipmix = {"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity, "overflow": "wrap", **(hparams or {})}
+  return jconfig.TrainConfig(
+    root_dir=args.save,
     train="ipmix",
     mixing_set=args.mixing_set,
-    hparams={"k": args.k, "depth": args.t, "beta": float(args.beta), "severity": args.aug_severity, "overflow": "wrap"},
+    hparams=ipmix,
     loss="ce",
     jsd=not args.no_jsd,
     epochs=args.epochs,
     batch_size=args.batch_size,
-    eval_batch_size=args.eval_batch_size,
-    learning_rate=args.learning_rate,
     momentum=args.momentum,
     nesterov=True,
-    decay=args.decay,
     lr_schedule="cosine",
-    crop_padding=4,
     print_freq=args.print_freq,
+    **fields,
   )
 
 
@@ -479,32 +490,15 @@ def _ipmix_imagenet_config(args: argparse.Namespace) -> jconfig.TrainConfig:
   for flag in ("evaluate", "pretrained"):
     if getattr(args, flag):
       _unsupported(script, f"--{flag}", "use 'jaxmix eval --checkpoint RUN_DIR' on a jaxmix run; torchvision weights are not loaded.")
-  return jconfig.TrainConfig(
+  return _ipmix_recipe(
+    args,
+    hparams={"patch_sizes": (4, 8, 16, 32, 64, 224)},  # its ipmix(): patch_sizes = [4, 8, 16, 32, 64, 224]
     dataset="imagenet2012",
     data_dir=_imagenet_root(script, args.data_standard, args.data_val),
-    root_dir=args.save,
     arch="resnet50",
-    train="ipmix",
-    mixing_set=args.mixing_set,
-    hparams={
-      "k": args.k,
-      "depth": args.t,
-      "beta": float(args.beta),
-      "severity": args.aug_severity,
-      "overflow": "wrap",
-      "patch_sizes": (4, 8, 16, 32, 64, 224),  # its ipmix(): patch_sizes = [4, 8, 16, 32, 64, 224]
-    },
-    loss="ce",
-    jsd=not args.no_jsd,
-    epochs=args.epochs,
-    batch_size=args.batch_size,
     eval_batch_size=args.batch_size_val,
     learning_rate=args.lr,
-    momentum=args.momentum,
-    nesterov=True,
-    decay=args.weight_decay,
-    lr_schedule="cosine",  # its LambdaLR cosine per step; --decay_epochs is parsed but never used
-    print_freq=args.print_freq,
+    decay=args.weight_decay,  # its --decay_epochs is parsed but never used: the schedule is the cosine
   )
 
 
