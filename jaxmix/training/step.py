@@ -359,7 +359,7 @@ def make_eval_step(model, mesh):
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     # CE against one-hot targets rather than optax's integer-label gather, which JAX's
     # sharding rules reject for a one-example batch sharded over the mesh (eval batch 1).
-    ce = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype))
+    ce = optax.softmax_cross_entropy(logits, core.one_hot(labels, logits.shape[-1]))
     return {
       "correct": jnp.sum(top_k_correct(logits, labels, 1) * mask),
       "correct5": jnp.sum(top_k_correct(logits, labels, 5) * mask),
