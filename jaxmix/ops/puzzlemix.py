@@ -429,9 +429,28 @@ def _prefix_budget(sorted_cost: np.ndarray, mass: float = 1.0 + 1e-4) -> int:
   return int(min(n * n, math.ceil(total) + 1))
 
 
+def _scan(x: Array, op: Callable[[Array, Array], Array], identity, reverse: bool = False) -> Array:
+  """Inclusive scan of ``op`` along axis 1 of ``[G, L]``: Hillis-Steele doubling in a loop.
+
+  ``ceil(log2 L)`` rounds of ``x = op(x, x shifted by 2^k)``. In a ``fori_loop`` the
+  whole scan is a handful of kernels (``lax.associative_scan`` unrolls to about 40,
+  and each kernel costs compile time; XLA:CPU's ``cumsum`` is quadratic in L).
+  """
+  length = x.shape[1]
+  idx = jnp.arange(length)
+
+  def body(k, x):
+    s = jnp.left_shift(1, k)
+    if reverse:
+      return op(x, jnp.where(idx < length - s, jnp.roll(x, -s, axis=1), identity))
+    return op(x, jnp.where(idx >= s, jnp.roll(x, s, axis=1), identity))
+
+  return jax.lax.fori_loop(0, max(length - 1, 0).bit_length(), body, x)
+
+
 def _cumsum(x: Array) -> Array:
-  """Inclusive cumulative sum along axis 1 (a log-depth scan; XLA:CPU's cumsum is quadratic)."""
-  return jax.lax.associative_scan(jnp.add, x, axis=1)
+  """Inclusive cumulative sum along axis 1."""
+  return _scan(x, jnp.add, 0)
 
 
 def _rows_take(a: Array, idx: Array) -> Array:
@@ -503,7 +522,7 @@ def _transport_plan(dest_mask: Array, sal: Array, t: int, t_eps: float) -> tuple
   neg = (q < total) & _rows_take(dest_mask, col)
   # A row's pointer walks its negative entries: nxt[q] is the first one at or after
   # flat position q (budget if none); the row is exhausted once it leaves its prefix.
-  nxt = jax.lax.associative_scan(jnp.minimum, jnp.where(neg, q, budget), axis=1, reverse=True)
+  nxt = _scan(jnp.where(neg, q, budget), jnp.minimum, budget, reverse=True)
   nxt = jnp.concatenate([nxt, jnp.full((g, 1), budget, jnp.int32)], axis=1)
   ends = jnp.minimum(ends, budget)
   start = _rows_take(nxt, jnp.minimum(offs, budget))
