@@ -323,6 +323,26 @@ def test_random_block_count_static_shapes_and_label_weights(small_batch):
   assert _random_blocks._cache_size() == 1
 
 
+def test_random_block_count_equals_the_block_count_it_drew(small_batch):
+  # One program for every block count (each embedded in the finest grid) must give
+  # what the drawn block count gives on its own grid: same mask, plan and images.
+  x, y, sal = small_batch
+  seen = set()
+  for seed in range(6):
+    key = jax.random.key(seed)
+    n = (2, 4, 8)[int(jax.random.randint(jax.random.split(key, 3)[0], (), 0, 3))]  # _puzzlemix's draw
+    seen.add(n)
+    drawn = _random_blocks(key, x, y, sal)
+    alone = _fixed_jit(key, x, y, sal) if n == 2 else jax.jit(functools.partial(_fixed, block_num=n))(key, x, y, sal)
+    np.testing.assert_array_equal(drawn.mask, pm._upsample(alone.mask, 8, 8))
+    for a, b in zip(drawn.transport, alone.transport, strict=True):
+      np.testing.assert_array_equal(a, pm._refine_plan(b, n, 8))
+    np.testing.assert_array_equal(drawn.images, alone.images)
+    np.testing.assert_array_equal(drawn.lam, alone.lam)
+    np.testing.assert_allclose(drawn.objective, alone.objective, rtol=1e-6)
+  assert len(seen) >= 2
+
+
 def test_same_key_same_output_and_jit_equals_eager(small_batch, decoupled_batch):
   x, y, sal = small_batch
   key = jax.random.key(3)

@@ -14,8 +14,8 @@ The official code solves a multi-label graph cut per sample on the host with the
 * the transport (docs/algorithms/puzzlemix.md#transport) reproduces the official auction plan, but from short
   per-source lists instead of dense cost matrices (see ``_transport_plan`` for
   the argument);
-* the block count drawn per batch from {2, 4, 8, 16} goes through ``lax.switch``
-  over static branches, so nothing recompiles.
+* the block count drawn per batch from {2, 4, 8, 16} is embedded in the finest
+  grid, so one program serves every count (``_Embedding``) and nothing recompiles.
 """
 
 from __future__ import annotations
@@ -301,19 +301,28 @@ def _prox_dual_edge(u: Array, weight: Array, sigma: float, m1: int) -> Array:
   return u - sigma * jnp.sign(u) * best_d
 
 
-def _relaxation(unary: Array, wv: Array, wh: Array, iters: int) -> Array:
+def _step_sizes(n: int) -> np.ndarray:
+  """Primal step ``1 / degree`` of every site of the ``n x n`` grid."""
+  rows, cols = np.indices((n, n))
+  degree = (rows > 0).astype(np.float32) + (rows < n - 1) + (cols > 0) + (cols < n - 1)
+  return (1.0 / np.maximum(degree, 1.0)).astype(np.float32)
+
+
+def _relaxation(unary: Array, wv: Array, wh: Array, iters: int, tau=None, sites=None) -> Array:
   """Primal-dual (Chambolle-Pock, diagonally preconditioned) on the convex relaxation.
 
   Minimises ``sum_p f_p(x_p) + sum_e g_e(x_p - x_q)`` over ``x in [0, M]^(n x n)``
   where ``f_p`` and ``g_e`` linearly interpolate the discrete unary and pairwise
   costs between integer labels. Returns the continuous ``x`` ``[B, n, n]``.
+
+  ``tau`` (the step sizes) and ``sites`` (the number of sites) default to those of
+  the whole grid; a smaller grid embedded in it (zero costs and weights outside)
+  passes its own, and its sites then follow exactly its own iterations.
   """
   b, n, _, m = unary.shape
-  scale = float(n * n)  # brings the unary slopes to O(1)
+  scale = float(n * n) if sites is None else sites  # brings the unary slopes to O(1)
   unary, wv, wh = unary * scale, wv * scale, wh * scale
-  rows, cols = np.indices((n, n))
-  degree = (rows > 0).astype(np.float32) + (rows < n - 1) + (cols > 0) + (cols < n - 1)
-  tau = jnp.asarray(1.0 / np.maximum(degree, 1.0))
+  tau = jnp.asarray(_step_sizes(n) if tau is None else tau)
   sigma = 0.5
   x0 = jnp.argmin(unary, axis=-1).astype(jnp.float32)
 
@@ -345,7 +354,7 @@ def _best_rounding(x: Array, unary: Array, wv: Array, wh: Array, n_labels: int) 
   return jax.lax.fori_loop(0, len(_THRESHOLDS), body, init)[0]
 
 
-def _solve_mask(unary: Array, wv: Array, wh: Array, n_labels: int) -> Array:
+def _solve_mask(unary: Array, wv: Array, wh: Array, n_labels: int, tau=None, sites=None) -> Array:
   """Minimises the multi-label mask energy; returns ``[B, n, n]`` int32 label indices.
 
   The energy: docs/algorithms/puzzlemix.md#multi-label-energy-and-the-official-solver.
@@ -366,10 +375,12 @@ def _solve_mask(unary: Array, wv: Array, wh: Array, n_labels: int) -> Array:
   is at most 1.4e-3 (mean 0 to 8e-5; exact on 69 % to 100 % of the problems),
   while checkerboard ICM alone averages 1.2e-2 on 4x4 binary (84 % within 2 %)
   and 1.6e-2 on 16x16 (64 % within 2 %).
+
+  ``tau`` and ``sites``: see ``_relaxation`` (a smaller grid embedded in this one).
   """
   if unary.shape[1] == 1:
     return jnp.argmin(unary, axis=-1).astype(jnp.int32)
-  x = _relaxation(unary, wv, wh, _PD_ITERS)
+  x = _relaxation(unary, wv, wh, _PD_ITERS, tau, sites)
   labels = _best_rounding(x, unary, wv, wh, n_labels)
   return _icm(labels, unary, wv, wh, n_labels, _ICM_SWEEPS)
 
@@ -379,15 +390,27 @@ def _solve_mask(unary: Array, wv: Array, wh: Array, n_labels: int) -> Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _transport_tables(t: int, t_eps: float):
-  """Static tables of the ``t x t`` transport grid.
+def _transport_tables(t: int, t_eps: float, size: Optional[int] = None):
+  """Static tables of the ``t x t`` transport grid, embedded top-left in a ``size x size`` one.
 
   Returns:
     ``(sorted_cost, order, budget)``: for every source cell i, the destination
     cells sorted by ``(fl32(t_eps) * C[i, j], j)`` and those costs, and a proven
     upper bound on the number of (source, destination) pairs with
-    ``t_eps * C[i, j] < s_i`` when the saliency sums to 1.
+    ``t_eps * C[i, j] < s_i`` when the saliency sums to 1. Embedded
+    (``size > t``), cells are numbered ``r * size + c``; the cells outside the
+    ``t x t`` corner cost ``inf`` (they are never reached) and come last.
   """
+  if size is not None and size != t:
+    cost_t, order_t, budget = _transport_tables(t, t_eps)
+    cells = size * size
+    emb = (np.arange(t * t) // t) * size + np.arange(t * t) % t  # compact -> embedded cell
+    outside = np.setdiff1d(np.arange(cells), emb)
+    sorted_cost = np.full((cells, cells), np.inf, np.float32)
+    order = np.broadcast_to(np.arange(cells, dtype=np.int32), (cells, cells)).copy()
+    sorted_cost[emb, : t * t] = cost_t
+    order[emb] = np.concatenate([emb[order_t], np.broadcast_to(outside, (t * t, outside.size))], axis=1)
+    return sorted_cost, order, budget
   n = t * t
   r, c = np.divmod(np.arange(n), t)
   d2 = (r[:, None] - r[None, :]) ** 2 + (c[:, None] - c[None, :]) ** 2
@@ -460,6 +483,12 @@ def _rows_take(a: Array, idx: Array) -> Array:
 
 
 def _transport_plan(dest_mask: Array, sal: Array, t: int, t_eps: float) -> tuple[Array, Array]:
+  """``_auction`` on the static tables of the ``t x t`` grid (see there)."""
+  sorted_cost, order, budget = _transport_tables(t, float(t_eps))
+  return _auction(dest_mask, sal, sorted_cost, order, budget, t)
+
+
+def _auction(dest_mask: Array, sal: Array, sorted_cost, order, budget: int, rounds) -> tuple[Array, Array]:
   """The official greedy transport plan, computed from short per-source lists.
 
   Official rule (``mask_transport``): ``cost[i, j] = t_eps C[i, j] - s_i [z_j > 0]``;
@@ -489,18 +518,17 @@ def _transport_plan(dest_mask: Array, sal: Array, t: int, t_eps: float) -> tuple
   Args:
     dest_mask: ``[G, t*t]`` bool, the destinations (mask value > 0).
     sal: ``[G, t*t]`` float32 source saliency (non-negative, summing to 1).
-    t: the grid side.
-    t_eps: the transport cost weight.
+    sorted_cost, order, budget: the tables of ``_transport_tables`` (``sorted_cost``
+      and ``order`` may be traced, when the grid is drawn per batch).
+    rounds: the number of auction rounds, the grid side ``t`` (may be traced).
 
   Returns:
     ``(dest, inexact)``: ``[G, t*t]`` int32, the source cell each destination
     receives (-1 for none), and ``[G]`` bool, True where row 0 ran out of
     non-positive entries.
   """
-  sorted_cost, order, budget = _transport_tables(t, float(t_eps))
   sal = jax.lax.stop_gradient(sal)  # the plan is discrete; keeps reverse-mode AD away from the while loop
   g, n = sal.shape
-  rounds = t
   sorted_cost = jnp.asarray(sorted_cost)
   ii = jnp.arange(n, dtype=jnp.int32)[None, :]
   gpos = jnp.arange(g, dtype=jnp.int32)[:, None]
@@ -534,8 +562,10 @@ def _transport_plan(dest_mask: Array, sal: Array, t: int, t_eps: float) -> tuple
     idx = jnp.minimum(ptr, budget - 1)
     own0 = zero0 & ~alive[:, 0] & ~own0_lost
     alive = alive.at[:, 0].set(alive[:, 0] | own0)
-    cj = jnp.where(alive, _rows_take(col, idx).at[:, 0].multiply(jnp.where(own0, 0, 1)), n)  # n: dump column
-    cv = jnp.where(alive, _rows_take(val, idx).at[:, 0].multiply(jnp.where(own0, 0.0, 1.0)), jnp.inf)
+    cj = _rows_take(col, idx)
+    cv = _rows_take(val, idx)  # inf past a row's prefix in an embedded grid, hence a set, not a product
+    cj = jnp.where(alive, cj.at[:, 0].set(jnp.where(own0, 0, cj[:, 0])), n)  # n: dump column
+    cv = jnp.where(alive, cv.at[:, 0].set(jnp.where(own0, 0.0, cv[:, 0])), jnp.inf)
     flat_col = (cj + gpos * (n + 1)).reshape(-1)
     colmin = jnp.full((g * (n + 1),), jnp.inf, jnp.float32).at[flat_col].min(cv.reshape(-1))
     best = alive & (cv == jnp.take(colmin, flat_col).reshape(g, n))
@@ -579,14 +609,19 @@ def _apply_transport(x: Array, dest: Array, t: int) -> Array:
   return _from_cells(jnp.where((dest >= 0)[:, :, None, None, None], moved, 0.0), t)
 
 
-def _refine_plan(dest: Array, t: int, fine: int) -> Array:
-  """The same image transport as a ``t x t`` plan, expressed on a ``fine x fine`` grid."""
-  if fine == t:
+def _refine_plan(dest: Array, t, fine: int, stride: Optional[int] = None) -> Array:
+  """The same image transport as a ``t x t`` plan, expressed on a ``fine x fine`` grid.
+
+  ``dest`` numbers its cells ``r * stride + c`` (``stride=t``: a compact ``t x t``
+  plan; ``stride=fine``: a plan embedded in the fine grid, when ``t`` is traced).
+  """
+  stride = t if stride is None else stride
+  if isinstance(t, int) and fine == t:
     return dest
   f = fine // t
   rr, cc = np.divmod(np.arange(fine * fine), fine)
-  src = dest[:, (rr // f) * t + cc // f]
-  fine_src = ((src // t) * f + (rr % f)) * fine + (src % t) * f + cc % f
+  src = jnp.take(dest, (rr // f) * stride + cc // f, axis=1)
+  fine_src = ((src // stride) * f + (rr % f)) * fine + (src % stride) * f + cc % f
   return jnp.where(src >= 0, fine_src, -1).astype(jnp.int32)
 
 
@@ -596,39 +631,128 @@ def _upsample(mask: Array, rows: int, cols: int) -> Array:
   return jnp.repeat(jnp.repeat(mask, rows // n, axis=1), cols // n, axis=2)
 
 
+def _pad_to(x: Array, *sides: int) -> Array:
+  """Zero-pads the trailing axes of ``x`` (after the batch axis) to ``sides``."""
+  pad = [(0, 0)] + [(0, side - size) for side, size in zip(sides, x.shape[1:], strict=False)]
+  return jnp.pad(x, pad + [(0, 0)] * (x.ndim - len(pad)))
+
+
 # ----------------------------------------------------------------------------
-# One block count.
+# All block counts in one program.
 
 
-def _mix_one(geo: _Geometry, sal, lam_b, perm, pix1, x1, x2, hp, force_own: bool):
-  """Puzzle Mix for one static block count.
+class _Embedding:
+  """The block counts one call may draw, each embedded top-left in the finest grid.
+
+  The solver and the transport run once, on the finest grid (``N x N`` mask
+  sites, ``T x T`` transport cells), for whichever block count was drawn: the
+  sites and edges outside the drawn ``n x n`` corner have zero costs and weights,
+  and then take no part (``_relaxation``), and the transport tables of the drawn
+  grid cost ``inf`` outside it (``_transport_tables``). Only the energy terms,
+  which pool at block-dependent sizes, are computed per block count (in a
+  ``lax.switch``). One program for every block count compiles in about the time
+  of the finest alone; the four branches of a switch over the whole op took
+  four times that.
+  """
+
+  def __init__(self, geos: list[_Geometry], height: int, width: int, transport: bool, t_eps: float):
+    self.geos = geos
+    self.N = big_n = max(g.n for g in geos)
+    self.T = big_t = max(g.t for g in geos)
+
+    def stack(fn, dtype=np.int32):
+      return np.stack([np.asarray(fn(g), dtype) for g in geos])
+
+    def corner(size, side, fill):
+      return lambda g: np.pad(np.full((size(g), size(g)), fill), (0, side - size(g)))
+
+    self.n = stack(lambda g: g.n)
+    self.t = stack(lambda g: g.t)
+    self.sites = stack(lambda g: g.n * g.n, np.float32)
+    self.tau = stack(lambda g: np.pad(_step_sizes(g.n), (0, big_n - g.n), constant_values=1.0), np.float32)
+    self.site = stack(corner(lambda g: g.n, big_n, True), bool)
+    self.cell = stack(corner(lambda g: g.t, big_t, True), bool)
+    # Nearest-upsampling indices (into the embedded n x n labels) of the finest
+    # grid, the transport grid and the pixels.
+    self.to_finest = stack(lambda g: np.arange(big_n) * g.n // big_n)
+    self.to_cells = stack(lambda g: np.minimum(np.arange(big_t) * g.n // g.t, g.n - 1))
+    self.to_rows = stack(lambda g: np.arange(height) * g.n // height)
+    self.to_cols = stack(lambda g: np.arange(width) * g.n // width)
+    if transport:
+      tables = [_transport_tables(g.t, float(t_eps), big_t) for g in geos]
+      self.sorted_cost = np.stack([tab[0] for tab in tables])
+      self.order = np.stack([tab[1] for tab in tables])
+      self.budget = max(tab[2] for tab in tables)
+
+  def pick(self, table: np.ndarray, idx):
+    """The entry of ``table`` for the drawn block count (static with one)."""
+    return table[0] if len(self.geos) == 1 else jnp.asarray(table)[idx]
+
+
+def _take2(x: Array, rows, cols) -> Array:
+  """``x[:, rows][:, :, cols]`` for ``[B, n, n]`` maps (nearest upsampling indices)."""
+  if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray):  # one block count: static
+    return _upsample(x, rows.size, cols.size)
+  return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
+
+
+def _mix(emb: _Embedding, idx, sal, lam_b, perm, pix1, x1, x2, hp, force_own: bool):
+  """Puzzle Mix for the block count ``emb.geos[idx]``.
 
   Returns:
-    ``(mixed [B, H, W, C] float32, ratio [B], labels [B, n, n] int32,
-    dest1 [B, T^2], dest2 [B, T^2], objective [B], inexact [B])``.
+    ``(mixed [B, H, W, C] float32, ratio [B], labels [B, N, N] int32 on the
+    finest grid, dest1 [B, T^2], dest2 [B, T^2] on the finest transport grid,
+    objective [B], inexact [B])``.
   """
-  n, m, t = geo.n, hp["n_labels"], geo.t
+  m, big_n, big_t = hp["n_labels"], emb.N, emb.T
   b, h, w, _ = x1.shape
-  s = _block_saliency(sal, n)
-  u1, u0, wv, wh = _mask_terms(s, s[perm], pix1, pix1[perm], geo, hp["beta"], hp["gamma"])
-  unary = _unary_table(u1, u0, lam_b, hp["eta"], m)
-  labels = jnp.full((b, n, n), m - 1, jnp.int32) if force_own else _solve_mask(unary, wv, wh, m)
+
+  def terms(geo):
+    def run(_):
+      s = _block_saliency(sal, geo.n)
+      u1, u0, wv, wh = _mask_terms(s, s[perm], pix1, pix1[perm], geo, hp["beta"], hp["gamma"])
+      unary = _unary_table(u1, u0, lam_b, hp["eta"], m)
+      s_t = s if geo.t == geo.n else _block_saliency(sal, geo.t)
+      return _pad_to(unary, big_n, big_n), _pad_to(wv, big_n - 1, big_n), _pad_to(wh, big_n, big_n - 1), _pad_to(s_t, big_t, big_t)
+
+    return run
+
+  if len(emb.geos) == 1:
+    unary, wv, wh, s_t = terms(emb.geos[0])(None)
+  else:
+    unary, wv, wh, s_t = jax.lax.switch(idx, [terms(g) for g in emb.geos], None)
+  site = emb.pick(emb.site, idx)
+  if force_own:
+    labels = jnp.where(site, m - 1, 0).astype(jnp.int32) * jnp.ones((b, 1, 1), jnp.int32)
+  else:
+    labels = _solve_mask(unary, wv, wh, m, emb.pick(emb.tau, idx), emb.pick(emb.sites, idx))
   objective = _energy(labels, unary, wv, wh, m)
   mask = labels.astype(jnp.float32) / (m - 1)
-  dest1 = dest2 = jnp.broadcast_to(jnp.arange(t * t, dtype=jnp.int32), (b, t * t))
+  dest1 = dest2 = jnp.broadcast_to(jnp.arange(big_t * big_t, dtype=jnp.int32), (b, big_t * big_t))
   inexact = jnp.zeros((b,), bool)
   if hp["transport"] and not force_own:
-    mask_t = _upsample(mask, t, t)
-    s_t = s if t == n else _block_saliency(sal, t)
-    dest_mask = jnp.concatenate([mask_t > 0, mask_t < 1]).reshape(2 * b, t * t)
-    dest, flag = _transport_plan(dest_mask, jnp.concatenate([s_t, s_t[perm]]).reshape(2 * b, t * t), t, hp["t_eps"])
+    to_cells, cell = emb.pick(emb.to_cells, idx), emb.pick(emb.cell, idx)
+    mask_t = _take2(mask, to_cells, to_cells)
+    dest_mask = jnp.concatenate([(mask_t > 0) & cell, (mask_t < 1) & cell]).reshape(2 * b, big_t * big_t)
+    dest, flag = _auction(
+      dest_mask,
+      jnp.concatenate([s_t, s_t[perm]]).reshape(2 * b, big_t * big_t),
+      emb.pick(emb.sorted_cost, idx),
+      emb.pick(emb.order, idx),
+      emb.budget,
+      emb.pick(emb.t, idx),
+    )
+    if len(emb.geos) > 1:  # the drawn grid's plan, on the finest transport grid
+      dest = _refine_plan(dest, emb.pick(emb.t, idx), big_t, stride=big_t)
     dest1, dest2 = dest[:b], dest[b:]
     inexact = flag[:b] | flag[b:]
-    x1 = _apply_transport(x1, dest1, t)
-    x2 = _apply_transport(x2, dest2, t)
-  big = _upsample(mask, h, w)[..., None]
+    x1 = _apply_transport(x1, dest1, big_t)
+    x2 = _apply_transport(x2, dest2, big_t)
+  big = _take2(mask, emb.pick(emb.to_rows, idx), emb.pick(emb.to_cols, idx))[..., None]
   mixed = big * x1 + (1.0 - big) * x2
-  return mixed, jnp.mean(mask, axis=(1, 2)), labels, dest1, dest2, objective, inexact
+  finest = emb.pick(emb.to_finest, idx)
+  ratio = jnp.sum(mask, axis=(1, 2)) / emb.pick(emb.sites, idx)
+  return mixed, ratio, _take2(labels, finest, finest), dest1, dest2, objective, inexact
 
 
 # ----------------------------------------------------------------------------
@@ -694,20 +818,9 @@ def _puzzlemix(key, images, labels, sal, *, block_num, hp, mean, std, lam, perm,
     # docs/algorithms/puzzlemix.md#adversarial-noise-injection: the noise enters after the mask was computed, before transport.
     x1 = jnp.where(adv1, (jnp.clip(pix1 + noise, 0.0, 1.0) - mean_v) / std_v, x1)
     x2 = jnp.where(adv2, (jnp.clip(pix1[perm] + noise[perm], 0.0, 1.0) - mean_v) / std_v, x2)
-  finest, finest_t = max(g.n for g in geos), max(g.t for g in geos)
-
-  def branch(geo):
-    def run(_):
-      mixed, ratio, lab, d1, d2, obj, flag = _mix_one(geo, sal, lam_b, perm, pix1, x1, x2, hp, force_own)
-      lab = _upsample(lab, finest, finest)
-      return mixed, ratio, lab, _refine_plan(d1, geo.t, finest_t), _refine_plan(d2, geo.t, finest_t), obj, flag
-
-    return run
-
-  if len(geos) == 1:
-    out = branch(geos[0])(None)
-  else:
-    out = jax.lax.switch(jax.random.randint(key_n, (), 0, len(geos)), [branch(g) for g in geos], None)
+  emb = _Embedding(geos, images.shape[1], images.shape[2], bool(hp["transport"]), hp["t_eps"])
+  idx = 0 if len(geos) == 1 else jax.random.randint(key_n, (), 0, len(geos))
+  out = _mix(emb, idx, sal, lam_b, perm, pix1, x1, x2, hp, force_own)
   mixed, ratio, lab, d1, d2, objective, flag = out
   result = MixResult(
     images=mixed.astype(images.dtype),
