@@ -556,6 +556,32 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
   )
 
 
+# Settings that do not change a run's result (where its files are).
+_LOCATION_SETTINGS = ("data_dir", "root_dir", "out_dir")
+
+
+def recorded_runs(s: Settings) -> dict:
+  """``{(method, seed): record}`` from ``out_dir/runs.json`` when it was made with these settings.
+
+  The results directory is what a repository keeps; the run directories are not (a
+  new machine starts without them). A rerun of the same command then keeps those
+  records instead of training the runs again, or overwriting them with fewer.
+  """
+  runs, summary = (os.path.join(s.out_dir, name) for name in ("runs.json", "summary.json"))
+  if not (os.path.exists(runs) and os.path.exists(summary)):
+    return {}
+  with open(summary) as f:
+    old = json.load(f).get("meta", {}).get("settings", {})
+  now = dataclasses.asdict(s)
+  same = {k: v for k, v in old.items() if k not in _LOCATION_SETTINGS} == {
+    k: json.loads(json.dumps(v)) for k, v in now.items() if k not in _LOCATION_SETTINGS
+  }
+  if not same:
+    return {}
+  with open(runs) as f:
+    return {(r["method"], r["seed"]): r for r in json.load(f)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
@@ -584,17 +610,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       meta = json.load(f)["meta"] | {"reaggregated": meta["date"]}
   full = jdata.load("cifar10", s.data_dir)
   test = (np.asarray(full.test.images), np.asarray(full.test.labels))
+  recorded = recorded_runs(s)
   records, failures, skipped = [], [], []
   t0 = time.perf_counter()
   for seed in s.seeds:
     for method in s.methods:
+      path = os.path.join(train_config(s, method, seed).run_dir(), "eval.json")
+      if not os.path.exists(path) and (method, seed) in recorded:
+        # Finished on another machine (its run directory is gone): the committed record stands.
+        records.append(recorded[method, seed])
+        skipped.append(f"{method}_seed{seed}")
+        continue
       if args.report_only:
-        path = os.path.join(train_config(s, method, seed).run_dir(), "eval.json")
         if os.path.exists(path):
           with open(path) as f:
             records.append(json.load(f))
         continue
-      if os.path.exists(os.path.join(train_config(s, method, seed).run_dir(), "eval.json")):
+      if os.path.exists(path):
         skipped.append(f"{method}_seed{seed}")
       try:
         records.append(run_one(s, method, seed, test))

@@ -438,3 +438,38 @@ def test_run_one_trains_evaluates_caches_and_backfills(tmp_path):
   again = cb.run_one(s, "vanilla", 0, test, log=lambda *a: None)
   assert again["mean_confidence"] == pytest.approx(rec["mean_confidence"], abs=1e-3)
   assert json.loads(eval_path.read_text())["overconfidence"] == pytest.approx(rec["overconfidence"], abs=1e-3)
+
+
+def test_main_keeps_the_recorded_runs_of_another_machine(tmp_path, monkeypatch):
+  # The results directory survives (it is committed) but the run directories do not:
+  # a rerun must train only what is missing and never write fewer records.
+  from jaxmix.training import data as jdata
+
+  class _Split:
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    labels = np.repeat(np.arange(10), 2)
+
+  class _Data:
+    test = _Split()
+
+  trained = []
+
+  def fake_run(s, method, seed, test):
+    trained.append((method, seed))
+    return _record(method, seed, 60.0 + seed)
+
+  monkeypatch.setattr(jdata, "load", lambda *a, **k: _Data())
+  monkeypatch.setattr(cb, "run_one", fake_run)
+  out = tmp_path / "out"
+  argv = ["--data_dir", "/d", "--quick", "--seeds", "0", "1", "--root_dir", str(tmp_path / "r"), "--out_dir", str(out)]
+  assert cb.main(argv) == 0 and len(trained) == 4
+  runs = json.loads((out / "runs.json").read_text())
+  runs = [r for r in runs if (r["method"], r["seed"]) != ("mixup", 1)]  # one run not finished yet
+  (out / "runs.json").write_text(json.dumps(runs))
+  trained.clear()
+  assert cb.main(["--data_dir", "/elsewhere", *argv[2:]]) == 0  # another machine: data elsewhere, no run dirs
+  assert trained == [("mixup", 1)]
+  assert len(json.loads((out / "runs.json").read_text())) == 4
+  trained.clear()
+  assert cb.main([*argv, "--epochs", "2"]) == 0  # other settings: the old records are not these runs
+  assert len(trained) == 4
