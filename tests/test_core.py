@@ -183,6 +183,23 @@ def test_words_draws_match_their_formulas():
     words.take((1,))
 
 
+@pytest.mark.parametrize(
+  "key",
+  [jax.random.key(0), jax.random.split(jax.random.key(5))[1], jax.random.fold_in(jax.random.key(7), 3), jax.random.PRNGKey(2**31 + 9)],
+)
+def test_random_words_are_jax_random_bits(key):
+  # The unrolled Threefry against JAX's own (a rolled loop on CPU), eager and jitted.
+  for n in (1, 129, 1000):
+    want = np.asarray(jax.random.bits(key, (n,), jnp.uint32))
+    np.testing.assert_array_equal(core.random_words(key, n), want)
+    np.testing.assert_array_equal(jax.jit(core.random_words, static_argnums=1)(key, n), want)
+
+
+def test_random_words_of_other_keys_fall_back_to_jax_random():
+  for key in (jax.random.key(3, impl="rbg"), jax.random.key(3, impl="unsafe_rbg")):
+    np.testing.assert_array_equal(core.random_words(key, 7), jax.random.bits(key, (7,), jnp.uint32))
+
+
 @pytest.mark.parametrize("rate, capacity", [(0.3, 4), (0.9, 3), (0.0, 2), (1.0, 16)])
 def test_apply_to_selected_is_the_dense_where_in_any_number_of_blocks(rate, capacity):
   """Row for row the dense ``where(selected, fn(x, p), x)``, whether the selection fits one
