@@ -139,16 +139,18 @@ def main():
   print("| method | op acts on | op ms / batch | step compile s | ms / step | img/s | step / vanilla |")
   print("|---|---|---:|---:|---:|---:|---:|")
   runs = [(m, m, False) for m in methods] + ([("ipmix + JSD", "ipmix", True)] if "ipmix" in methods else [])
-  # Every step is compiled first; then the steps are timed round by round (vanilla, then each
-  # method, ``--steps`` rounds), so a change of load on a shared machine hits the method and its
+  # Every step is compiled first; then the steps are timed round by round (each method once a
+  # round, ``--steps`` rounds), so a change of load on a shared machine hits the method and its
   # vanilla baseline alike: ``ratio`` is the median over rounds of method / vanilla of that round.
   steps = {}
   for label, method, jsd in runs:
     steps[label] = build_step(model, method, batches, mesh, mean=ds.mean, std=ds.std, jsd=jsd)
   times = {label: [] for label in steps}
+  labels = list(steps)
   for i in range(1, args.steps + 1):
-    for label, (run_one, _) in steps.items():
-      times[label].append(run_one(i))
+    # The order rotates every round, so no step always runs after the same one.
+    for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
+      times[label].append(steps[label][0](i))
   rows = {}
   for label, method, _ in runs:
     op_ms, where = _time_op(method, batches[0], ds, args.steps)

@@ -45,8 +45,16 @@ def test_default_mixing_set_is_cached_uint8(pictures):
   first = fractals.default_mixing_set(SIZE)
   assert first is fractals.default_mixing_set(SIZE)
   assert first.shape == (fractals.DEFAULT_COUNT, SIZE, SIZE, 3) and first.dtype == np.uint8
-  expect = np.round(np.asarray(fractals.generate(fractals.DEFAULT_SEED, N, SIZE)) * 255)
-  np.testing.assert_array_equal(first[:N], expect)
+
+
+def test_the_shipped_set_is_what_generate_draws():
+  # The 36-pixel set ships with the package (it is loaded, not generated); it must be
+  # the generated one. A newer JAX may round a few levels differently: at most one
+  # level on a handful of values.
+  shipped = fractals.default_mixing_set(SIZE)
+  generated = np.round(np.asarray(fractals.generate(fractals.DEFAULT_SEED, fractals.DEFAULT_COUNT, SIZE)) * 255)
+  diff = np.abs(shipped.astype(np.int32) - generated.astype(np.int32))
+  assert diff.max() <= 1 and np.mean(diff > 0) < 1e-4, (diff.max(), np.mean(diff > 0))
 
 
 @pytest.mark.parametrize("kwargs", [{"n": 0}, {"size": 4}, {"n_points": 0}])

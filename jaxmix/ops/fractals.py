@@ -191,9 +191,16 @@ def default_mixing_set(size: int) -> np.ndarray:
   on the host as a ``[N, size, size, 3]`` uint8 array, so a jitted IPMix embeds it
   as a 1 MB constant (at size 36) rather than regenerating it; also saved under
   ``core.cache_dir()`` (``$JAXMIX_CACHE_DIR``), so later processes load it instead of
-  generating it again.
+  generating it again. The set for 32x32 images (side 36) ships with jaxmix, so a new
+  machine (a Colab session) does not spend the ~4 s of compiling and running
+  ``generate`` before its first IPMix step.
   """
-  path = os.path.join(core.cache_dir(), f"fractals-seed{DEFAULT_SEED}-n{DEFAULT_COUNT}-side{size}.npy")
+  name = f"fractals-seed{DEFAULT_SEED}-n{DEFAULT_COUNT}-side{size}"
+  shipped = os.path.join(os.path.dirname(__file__), name + ".npz")
+  if os.path.exists(shipped):  # np.round(generate(DEFAULT_SEED, DEFAULT_COUNT, size) * 255) as uint8
+    with np.load(shipped) as f:
+      return f["levels"]
+  path = os.path.join(core.cache_dir(), name + ".npy")
   try:
     cached = np.load(path)
     if cached.shape == (DEFAULT_COUNT, size, size, 3) and cached.dtype == np.uint8:
