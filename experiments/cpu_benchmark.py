@@ -610,31 +610,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       meta = json.load(f)["meta"] | {"reaggregated": meta["date"]}
   full = jdata.load("cifar10", s.data_dir)
   test = (np.asarray(full.test.images), np.asarray(full.test.labels))
+  plan = [(method, seed) for seed in s.seeds for method in s.methods]
   recorded = recorded_runs(s)
-  records, failures, skipped = [], [], []
+  # The results directory's records stand (they may come from another machine, whose run
+  # directories are gone); every write holds them, so an interruption never loses one.
+  done = {run: recorded[run] for run in plan if run in recorded}
+  failures, skipped = [], [f"{method}_seed{seed}" for method, seed in done]
+  ordered = lambda: [done[run] for run in plan if run in done]  # noqa: E731
   t0 = time.perf_counter()
-  for seed in s.seeds:
-    for method in s.methods:
-      path = os.path.join(train_config(s, method, seed).run_dir(), "eval.json")
-      if not os.path.exists(path) and (method, seed) in recorded:
-        # Finished on another machine (its run directory is gone): the committed record stands.
-        records.append(recorded[method, seed])
-        skipped.append(f"{method}_seed{seed}")
-        continue
-      if args.report_only:
-        if os.path.exists(path):
-          with open(path) as f:
-            records.append(json.load(f))
-        continue
+  for method, seed in plan:
+    if (method, seed) in done:
+      continue
+    path = os.path.join(train_config(s, method, seed).run_dir(), "eval.json")
+    if args.report_only:
       if os.path.exists(path):
-        skipped.append(f"{method}_seed{seed}")
-      try:
-        records.append(run_one(s, method, seed, test))
-      except (ValueError, FileNotFoundError, RuntimeError) as e:  # one broken method must not stop the table
-        failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {e}"})
-        print(f"cpu_benchmark: {method} seed {seed} FAILED: {e}", file=sys.stderr, flush=True)
-        continue
-      write_outputs(s, records, meta | _time_sums(records) | {"elapsed_s": time.perf_counter() - t0})  # partial results after each run
+        with open(path) as f:
+          done[method, seed] = json.load(f)
+      continue
+    if os.path.exists(path):
+      skipped.append(f"{method}_seed{seed}")
+    try:
+      done[method, seed] = run_one(s, method, seed, test)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # one broken method must not stop the table
+      failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {e}"})
+      print(f"cpu_benchmark: {method} seed {seed} FAILED: {e}", file=sys.stderr, flush=True)
+      continue
+    records = ordered()
+    write_outputs(s, records, meta | _time_sums(records) | {"elapsed_s": time.perf_counter() - t0})  # partial results after each run
+  records = ordered()
   if not args.report_only:
     meta["elapsed_s"] = time.perf_counter() - t0  # this invocation only
     meta["finished_before_this_invocation"] = skipped

@@ -452,24 +452,33 @@ def test_main_keeps_the_recorded_runs_of_another_machine(tmp_path, monkeypatch):
   class _Data:
     test = _Split()
 
-  trained = []
+  trained, on_disk = [], []
+  out = tmp_path / "out"
 
   def fake_run(s, method, seed, test):
     trained.append((method, seed))
+    if (out / "runs.json").exists():
+      on_disk.append(len(json.loads((out / "runs.json").read_text())))
     return _record(method, seed, 60.0 + seed)
 
   monkeypatch.setattr(jdata, "load", lambda *a, **k: _Data())
   monkeypatch.setattr(cb, "run_one", fake_run)
-  out = tmp_path / "out"
   argv = ["--data_dir", "/d", "--quick", "--seeds", "0", "1", "--root_dir", str(tmp_path / "r"), "--out_dir", str(out)]
   assert cb.main(argv) == 0 and len(trained) == 4
   runs = json.loads((out / "runs.json").read_text())
-  runs = [r for r in runs if (r["method"], r["seed"]) != ("mixup", 1)]  # one run not finished yet
+  runs = [r for r in runs if (r["method"], r["seed"]) not in {("vanilla", 0), ("mixup", 1)}]  # not finished yet
   (out / "runs.json").write_text(json.dumps(runs))
   trained.clear()
+  on_disk.clear()
   assert cb.main(["--data_dir", "/elsewhere", *argv[2:]]) == 0  # another machine: data elsewhere, no run dirs
-  assert trained == [("mixup", 1)]
-  assert len(json.loads((out / "runs.json").read_text())) == 4
+  assert trained == [("vanilla", 0), ("mixup", 1)]
+  assert on_disk == [2, 3]  # the partial writes keep every recorded run
+  assert [(r["method"], r["seed"]) for r in json.loads((out / "runs.json").read_text())] == [
+    ("vanilla", 0),
+    ("mixup", 0),
+    ("vanilla", 1),
+    ("mixup", 1),
+  ]
   trained.clear()
   assert cb.main([*argv, "--epochs", "2"]) == 0  # other settings: the old records are not these runs
   assert len(trained) == 4
