@@ -183,6 +183,24 @@ def test_words_draws_match_their_formulas():
     words.take((1,))
 
 
+@pytest.mark.parametrize("batch", [4, 100, 128, 200])
+def test_words_permutation_is_the_order_of_its_words(batch):
+  # Up to 128 rows: the order of the words' high bits, ties in index order (the packed
+  # sort); above, the stable argsort of the words.
+  keys = jax.random.split(jax.random.key(11), 64)
+  perms = jax.jit(jax.vmap(lambda k: core.Words(k, batch).permutation(batch)))(keys)
+  raw = np.asarray(jax.vmap(lambda k: jax.random.bits(k, (batch,), jnp.uint32))(keys))
+  shift = max(1, (batch - 1).bit_length())
+  for p, w in zip(np.asarray(perms), raw, strict=True):
+    want = np.lexsort((np.arange(batch), w >> shift)) if shift <= 7 else np.argsort(w, kind="stable")
+    np.testing.assert_array_equal(p, want)
+  if batch == 4:  # uniform over the 24 permutations
+    many = np.asarray(jax.jit(jax.vmap(lambda k: core.Words(k, 4).permutation(4)))(jax.random.split(jax.random.key(1), 24_000)))
+    codes = many @ np.array([64, 16, 4, 1])
+    counts = np.unique(codes, return_counts=True)[1]
+    assert len(counts) == 24 and stats.chisquare(counts).pvalue > 1e-3
+
+
 @pytest.mark.parametrize(
   "key",
   [jax.random.key(0), jax.random.split(jax.random.key(5))[1], jax.random.fold_in(jax.random.key(7), 3), jax.random.PRNGKey(2**31 + 9)],

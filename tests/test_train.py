@@ -91,11 +91,13 @@ def test_one_step_every_method(method, small_model):
   assert np.isfinite(float(metrics["grad_norm"]))
   assert step._cache_size() == 1  # compiled once across steps (and sampled layers / block counts)
   # The same seeds give the same step as when GOLDEN was recorded (guards refactors: a
-  # changed draw, op input, loss or optimizer moves these numbers far beyond 1e-5).
+  # changed draw, op input, loss or optimizer moves these numbers far beyond 1e-3). Not
+  # tighter: XLA compiles for the host CPU, and on another machine of this project the
+  # CutMix step's second loss differed by 7e-5 (relative) from the recorded one.
   got = _fingerprint(state, metrics)
   if os.environ.get("JAXMIX_RECORD_GOLDEN"):
     _record_golden(method, got)
-  np.testing.assert_allclose(got, _golden()[method], rtol=1e-5, err_msg=f"{method}: step differs from the recorded values")
+  np.testing.assert_allclose(got, _golden()[method], rtol=5e-4, err_msg=f"{method}: step differs from the recorded values")
 
 
 _GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "data", "golden_steps.json")

@@ -346,9 +346,19 @@ class Words:
     """A uniformly random permutation of ``range(batch)``: the argsort of ``batch`` words.
 
     The same construction as ``jax.random.permutation`` with one sorting round; ties
-    (probability about ``batch^2 / 2^33``) keep index order.
+    keep index order. Up to 128 rows, the index is packed into the low bits of its word
+    and one array is sorted (XLA's CPU sort of 128 words and their indices costs ~25 us,
+    of one array ~3 us): the order of the remaining high bits, ties (probability below
+    ``batch^2 / 2^26``, 2.4e-4 at 128) in index order, which is the argsort of the
+    words unless such a tie occurs.
     """
-    return jnp.argsort(self.take((batch,))).astype(jnp.int32)
+    words = self.take((batch,))
+    bits = max(1, (batch - 1).bit_length())
+    if bits > 7:  # more ties than 2^-12 per draw: sort the indices along
+      return jnp.argsort(words).astype(jnp.int32)
+    low = jnp.uint32((1 << bits) - 1)
+    keyed = (words & ~low) | jnp.arange(batch, dtype=jnp.uint32)
+    return (jnp.sort(keyed) & low).astype(jnp.int32)
 
   def beta(self, alpha: float, shape) -> Array:
     """lam ~ Beta(alpha, alpha) as ``sample_beta``; ``alpha == 1`` uses the words."""
