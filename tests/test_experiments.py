@@ -384,7 +384,8 @@ def test_overfit_preset_one_subset_for_every_seed_and_train_columns(tmp_path):
   assert "the same subset for every run" in table
 
 
-def test_main_survives_a_failing_method(tmp_path, monkeypatch):
+def _fake_benchmark(monkeypatch, fake_run):
+  """``cb.main`` without data or training: a 20-image test split, ``fake_run`` for ``run_one``."""
   from jaxmix.training import data as jdata
 
   class _Split:
@@ -394,13 +395,17 @@ def test_main_survives_a_failing_method(tmp_path, monkeypatch):
   class _Data:
     test = _Split()
 
+  monkeypatch.setattr(jdata, "load", lambda *a, **k: _Data())
+  monkeypatch.setattr(cb, "run_one", fake_run)
+
+
+def test_main_survives_a_failing_method(tmp_path, monkeypatch):
   def fake_run(s, method, seed, test):
     if method == "mixup":
       raise ValueError("boom")
     return _record(method, seed, 60.0 + seed)
 
-  monkeypatch.setattr(jdata, "load", lambda *a, **k: _Data())
-  monkeypatch.setattr(cb, "run_one", fake_run)
+  _fake_benchmark(monkeypatch, fake_run)
   out = tmp_path / "out"
   argv = ["--data_dir", "/d", "--quick", "--seeds", "0", "1", "--root_dir", str(tmp_path / "r"), "--out_dir", str(out)]
   assert cb.main(argv) == 1
@@ -443,15 +448,6 @@ def test_run_one_trains_evaluates_caches_and_backfills(tmp_path):
 def test_main_keeps_the_recorded_runs_of_another_machine(tmp_path, monkeypatch):
   # The results directory survives (it is committed) but the run directories do not:
   # a rerun must train only what is missing and never write fewer records.
-  from jaxmix.training import data as jdata
-
-  class _Split:
-    images = np.zeros((20, 32, 32, 3), np.uint8)
-    labels = np.repeat(np.arange(10), 2)
-
-  class _Data:
-    test = _Split()
-
   trained, on_disk = [], []
   out = tmp_path / "out"
 
@@ -461,8 +457,7 @@ def test_main_keeps_the_recorded_runs_of_another_machine(tmp_path, monkeypatch):
       on_disk.append(len(json.loads((out / "runs.json").read_text())))
     return _record(method, seed, 60.0 + seed)
 
-  monkeypatch.setattr(jdata, "load", lambda *a, **k: _Data())
-  monkeypatch.setattr(cb, "run_one", fake_run)
+  _fake_benchmark(monkeypatch, fake_run)
   argv = ["--data_dir", "/d", "--quick", "--seeds", "0", "1", "--root_dir", str(tmp_path / "r"), "--out_dir", str(out)]
   assert cb.main(argv) == 0 and len(trained) == 4
   runs = json.loads((out / "runs.json").read_text())
