@@ -20,6 +20,7 @@ Baselines measured in the same run:
 
 Usage:
   python benchmarks/ops.py [--rounds 15] [--shapes small,large] [--no-timm] [--full]
+                           [--ops mixup,cutmix]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ OPS = {
 }
 
 
-def _jax_cases(shape, full: bool):
+def _jax_cases(shape, full: bool, ops=None):
   batch = shape[0]
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
@@ -72,6 +73,8 @@ def _jax_cases(shape, full: bool):
     "floor: jitted call": (jax.jit(lambda k, x, y: (x[0, 0, 0], y[0])), lambda i: (keys[i % len(keys)], images, labels)),
   }
   for name, op in OPS.items():
+    if ops is not None and name not in ops:
+      continue
     if full:
       fn = jax.jit(op)
     else:
@@ -96,7 +99,7 @@ def load_timm_mixup():
   return torch, module
 
 
-def _timm_cases(shape):
+def _timm_cases(shape, ops=None):
   torch, timm_mixup = load_timm_mixup()
   if torch is None:
     return {}
@@ -108,6 +111,8 @@ def _timm_cases(shape):
   cases = {}
   for mode in ("batch", "elem"):
     for name, kw in (("mixup", {"mixup_alpha": 1.0, "cutmix_alpha": 0.0}), ("cutmix", {"mixup_alpha": 0.0, "cutmix_alpha": 1.0})):
+      if ops is not None and name not in ops:
+        continue
       mixer = timm_mixup.Mixup(**kw, mode=mode, label_smoothing=0.0, num_classes=NUM_CLASSES)
       cases[f"timm {name} ({mode})"] = (lambda mixer=mixer: mixer(x, target), None)
   return cases
@@ -122,10 +127,10 @@ def _run_once(fn, args):
   return time.perf_counter() - start
 
 
-def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool):
-  cases = _jax_cases(shape, full)
+def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool, ops=None):
+  cases = _jax_cases(shape, full, ops)
   if use_timm:
-    cases.update(_timm_cases(shape))
+    cases.update(_timm_cases(shape, ops))
   times = {name: [] for name in cases}
   for fn, make_args in cases.values():  # compile and warm up
     for i in range(3):
@@ -149,6 +154,8 @@ def _table(shape, ms):
     rows.append(f"| {name} | {value:.4f} | {value / copy:.2f} | {ratio} |")
   checks = []
   for op in ("mixup", "cutmix"):
+    if op not in ms:
+      continue
     if f"{op} per_sample" in ms:
       checks.append(f"{op}: per_sample / per-batch = {ms[f'{op} per_sample'] / ms[op]:.2f} (goal <= 1.1)")
     if f"timm {op} (batch)" in ms:
@@ -165,7 +172,17 @@ def main(argv=None) -> None:
   parser.add_argument("--shapes", default="small,large", help="comma-separated subset of: " + ", ".join(SHAPES))
   parser.add_argument("--no-timm", action="store_true", help="skip the timm baseline even if torch and timm are installed")
   parser.add_argument("--full", action="store_true", help="return the whole MixResult (masks included) from the jitted op")
+  parser.add_argument(
+    "--ops", default=None, help="comma-separated subset of the op cases (" + ", ".join(OPS) + "); the bounds and the floor always run"
+  )
   args = parser.parse_args(argv)
+  ops = None if args.ops is None else [name.strip() for name in args.ops.split(",")]
+  unknown = sorted(set(ops or ()) - set(OPS))
+  if unknown:
+    parser.error(f"--ops: unknown case(s) {unknown}; choose from: {', '.join(OPS)}")
+  bad_shapes = sorted(set(args.shapes.split(",")) - set(SHAPES))
+  if bad_shapes:
+    parser.error(f"--shapes: unknown shape(s) {bad_shapes}; choose from: {', '.join(SHAPES)}")
   print(
     f"# jaxmix input-op benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
     f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
@@ -174,7 +191,7 @@ def main(argv=None) -> None:
   )
   for shape_name in args.shapes.split(","):
     shape = SHAPES[shape_name]
-    ms = measure(shape, args.rounds, CALLS[shape_name], not args.no_timm, args.full)
+    ms = measure(shape, args.rounds, CALLS[shape_name], not args.no_timm, args.full, ops)
     print(_table(shape, ms), "\n", flush=True)
 
 

@@ -1,9 +1,11 @@
-"""``benchmarks/gpu.py`` runs end to end in its tiny CPU setting, without TensorFlow."""
+"""The benchmarks run: `gpu.py` end to end in its tiny CPU setting without TensorFlow, `ops.py` on a chosen op."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -30,3 +32,29 @@ def test_gpu_benchmark_tiny_setting_writes_json_and_table(tmp_path):
       assert r["ratio"] == 1.0
   assert {r["op"] for r in result["input_ops"]} == {"mixup", "cutmix"} and all(r["jaxmix_ms"] > 0 for r in result["input_ops"])
   assert "| model | image | batch | dtype | method |" in out.stdout and "| input op |" in out.stdout
+
+
+def _load_ops_benchmark():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("_ops_benchmark", os.path.join(ROOT, "benchmarks", "ops.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_ops_benchmark_times_the_chosen_ops_beside_the_baselines(capsys):
+  ops = _load_ops_benchmark()
+  ops.main(["--rounds", "1", "--shapes", "small", "--no-timm", "--ops", "mixup"])
+  out = capsys.readouterr().out
+  cases = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+  assert cases == ["bound: a + b", "bound: 0.3 a + 0.7 b", "bound: x[perm]", "floor: jitted call", "mixup"]
+  assert "mixup: jaxmix / runtime floor" in out and "cutmix:" not in out
+
+
+def test_ops_benchmark_names_an_unknown_op_or_shape(capsys):
+  ops = _load_ops_benchmark()
+  for argv, name in ((["--ops", "mixup,mixpu"], "--ops"), (["--shapes", "tiny"], "--shapes")):
+    with pytest.raises(SystemExit) as exit_:
+      ops.main(argv)
+    assert exit_.value.code == 2 and name in capsys.readouterr().err
