@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import io
 import itertools
 import os
@@ -44,7 +45,13 @@ import numpy as np
 
 import jaxmix
 
-pm = importlib.import_module("jaxmix.puzzlemix")
+pm = importlib.import_module("jaxmix.ops.puzzlemix")
+# The hyper-parameters of jaxmix.puzzlemix with their defaults (what ``pm._puzzlemix`` takes as ``hp``).
+HPARAMS = {
+  name: p.default
+  for name, p in inspect.signature(jaxmix.puzzlemix).parameters.items()
+  if p.kind is p.KEYWORD_ONLY and name not in ("block_num", "mean", "std", "lam", "perm")
+}
 
 CIFAR_ZIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10", "test.zip")
 MEAN = np.array([125.3, 123.0, 113.9], np.float32) / 255
@@ -261,7 +268,7 @@ def section_transport(images01, labels, count: int) -> None:
   for blocks, t_size in ((4, -1), (8, -1), (16, -1), (2, 4), (8, 4)):
     fn = jax.jit(
       lambda k, x, y, s, blocks=blocks, t_size=t_size: pm._puzzlemix(
-        k, x, y, s, block_num=blocks, hp={**pm._DEFAULTS, "t_size": t_size}, mean=MEAN, std=STD, lam=None, perm=None, with_flags=True
+        k, x, y, s, block_num=blocks, hp={**HPARAMS, "t_size": t_size}, mean=MEAN, std=STD, lam=None, perm=None, with_flags=True
       )
     )
     res, flag = fn(jax.random.key(blocks), x, y, sal)

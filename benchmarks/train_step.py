@@ -10,8 +10,8 @@ For the small CPU model (``preactresnet_small``) on real CIFAR-10 batches, in on
 * the jitted data-parallel step (``jaxmix.training.make_train_step``) of each
   method: ms/step, img/s and the ratio to the vanilla step; IPMix twice, with one
   view and CE and with the JSD loss of its recipe (3 forward/backward passes);
-* the rate of the tf.data input pipeline (``jaxmix.data.train_batches``) on the
-  same batches, to see whether training is input-bound.
+* the rate of the input pipeline (``jaxmix.data.train_batches``, numpy crop + flip on
+  host threads) on the same batches, to see whether training is input-bound.
 
 Medians over ``--steps`` calls; the steps of all methods are timed round by round and
 ``ratio`` is the median of the per-round ratios to vanilla. A persistent compilation

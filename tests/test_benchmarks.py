@@ -1,5 +1,6 @@
 """The benchmarks run: `gpu.py` end to end in its tiny CPU setting without TensorFlow, `ops.py` on a chosen op."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,17 +35,21 @@ def test_gpu_benchmark_tiny_setting_writes_json_and_table(tmp_path):
   assert "| model | image | batch | dtype | method |" in out.stdout and "| input op |" in out.stdout
 
 
-def _load_ops_benchmark():
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("_ops_benchmark", os.path.join(ROOT, "benchmarks", "ops.py"))
+def _load_benchmark(name):
+  spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")))
+def test_every_benchmark_script_imports_and_has_a_main(name):
+  # A renamed module or helper breaks a benchmark at import time, long before anyone runs it.
+  assert callable(_load_benchmark(name).main)
+
+
 def test_ops_benchmark_times_the_chosen_ops_beside_the_baselines(capsys):
-  ops = _load_ops_benchmark()
+  ops = _load_benchmark("ops")
   ops.main(["--rounds", "1", "--shapes", "small", "--no-timm", "--ops", "mixup"])
   out = capsys.readouterr().out
   cases = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and not line.startswith("| case")]
@@ -53,7 +58,7 @@ def test_ops_benchmark_times_the_chosen_ops_beside_the_baselines(capsys):
 
 
 def test_ops_benchmark_names_an_unknown_op_or_shape(capsys):
-  ops = _load_ops_benchmark()
+  ops = _load_benchmark("ops")
   for argv, name in ((["--ops", "mixup,mixpu"], "--ops"), (["--shapes", "tiny"], "--shapes")):
     with pytest.raises(SystemExit) as exit_:
       ops.main(argv)
