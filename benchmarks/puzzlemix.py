@@ -23,7 +23,7 @@ Sections (all on real CIFAR-10 test images, saliency from the input gradients of
    ``vanilla`` (batch 64, 32x32, ``preactresnet_small``, one CPU device).
 
 Usage:
-  python benchmarks/puzzlemix.py [--sections time,gap,transport,step] [--rounds 5]
+  python benchmarks/puzzlemix.py [--sections time,gap,transport,step] [--rounds 5] [--data_dir DIR]
 """
 
 from __future__ import annotations
@@ -53,17 +53,20 @@ HPARAMS = {
   if p.kind is p.KEYWORD_ONLY and name not in ("block_num", "mean", "std", "lam", "perm")
 }
 
-CIFAR_ZIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10", "test.zip")
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
 MEAN = np.array([125.3, 123.0, 113.9], np.float32) / 255
 STD = np.array([63.0, 62.1, 66.7], np.float32) / 255
 OFFICIAL_MS = {2: 11.0, 4: 13.0, 8: 78.0, 16: 1090.0}
 
 
-def load_cifar(count: int) -> tuple[np.ndarray, np.ndarray]:
-  """The first ``count`` test JPEGs (sorted names) as float [0, 1] images and labels."""
+def load_cifar(count: int, data_dir: str = DEFAULT_DATA) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``count`` test JPEGs (sorted names) of ``data_dir/test.zip`` as float [0, 1] images and labels."""
   from PIL import Image
 
-  with zipfile.ZipFile(CIFAR_ZIP) as zf:
+  path = os.path.join(os.path.expanduser(data_dir), "test.zip")
+  if not os.path.isfile(path):
+    raise SystemExit(f"--data_dir: no CIFAR-10 test.zip (class-folder JPEGs) at {path}")
+  with zipfile.ZipFile(path) as zf:
     names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))
     classes = sorted({n.split("/")[-2] for n in names})
     rng = np.random.default_rng(0)
@@ -338,9 +341,10 @@ def main(argv=None) -> None:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--gap-count", type=int, default=64)
   parser.add_argument("--t-size", type=int, default=-1)
+  parser.add_argument("--data_dir", default=DEFAULT_DATA, help="folder with the CIFAR-10 test.zip (default: ../shared/data/cifar10)")
   args = parser.parse_args(argv)
   sections = args.sections.split(",")
-  images01, labels = load_cifar(128)
+  images01, labels = load_cifar(128, args.data_dir)
   print(
     f"# Puzzle Mix benchmark  jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
   )
