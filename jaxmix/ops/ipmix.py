@@ -510,8 +510,8 @@ def jsd_loss(logits_clean: Array, logits_views: Sequence[Array], labels: Array, 
   1 + ``len(logits_views)`` distributions (clean and views), with ``M =
   clip(mean_v p_v, 1e-7, 1)`` and each KL summed over classes and averaged over
   the batch (``F.kl_div(log M, p_v, reduction="batchmean")``), CE averaged over the
-  batch. With two views and ``weight = 12`` this is the official loss (docs/algorithms/
-  docs/algorithms/ipmix.md#defaults-and-the-jsd-loss).
+  batch. With two views and ``weight = 12`` this is the official loss
+  (``docs/algorithms/ipmix.md#defaults-and-the-jsd-loss``).
 
   Args:
     logits_clean: ``[B, K]`` logits of the clean images.
