@@ -55,7 +55,7 @@ OPS = {
 }
 
 
-def _jax_cases(shape, full: bool, ops=None):
+def _jax_cases(shape, full: bool, ops: dict):
   batch = shape[0]
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
@@ -72,9 +72,7 @@ def _jax_cases(shape, full: bool, ops=None):
     # arguments that computes (almost) nothing.
     "floor: jitted call": (jax.jit(lambda k, x, y: (x[0, 0, 0], y[0])), lambda i: (keys[i % len(keys)], images, labels)),
   }
-  for name, op in OPS.items():
-    if ops is not None and name not in ops:
-      continue
+  for name, op in ops.items():
     if full:
       fn = jax.jit(op)
     else:
@@ -99,7 +97,7 @@ def load_timm_mixup():
   return torch, module
 
 
-def _timm_cases(shape, ops=None):
+def _timm_cases(shape, ops: dict):
   torch, timm_mixup = load_timm_mixup()
   if torch is None:
     return {}
@@ -111,7 +109,7 @@ def _timm_cases(shape, ops=None):
   cases = {}
   for mode in ("batch", "elem"):
     for name, kw in (("mixup", {"mixup_alpha": 1.0, "cutmix_alpha": 0.0}), ("cutmix", {"mixup_alpha": 0.0, "cutmix_alpha": 1.0})):
-      if ops is not None and name not in ops:
+      if name not in ops:
         continue
       mixer = timm_mixup.Mixup(**kw, mode=mode, label_smoothing=0.0, num_classes=NUM_CLASSES)
       cases[f"timm {name} ({mode})"] = (lambda mixer=mixer: mixer(x, target), None)
@@ -127,7 +125,7 @@ def _run_once(fn, args):
   return time.perf_counter() - start
 
 
-def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool, ops=None):
+def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool, ops: dict = OPS):
   cases = _jax_cases(shape, full, ops)
   if use_timm:
     cases.update(_timm_cases(shape, ops))
@@ -176,11 +174,13 @@ def main(argv=None) -> None:
     "--ops", default=None, help="comma-separated subset of the op cases (" + ", ".join(OPS) + "); the bounds and the floor always run"
   )
   args = parser.parse_args(argv)
-  ops = None if args.ops is None else [name.strip() for name in args.ops.split(",")]
-  unknown = sorted(set(ops or ()) - set(OPS))
+  names = list(OPS) if args.ops is None else [name.strip() for name in args.ops.split(",")]
+  unknown = sorted(set(names) - set(OPS))
   if unknown:
     parser.error(f"--ops: unknown case(s) {unknown}; choose from: {', '.join(OPS)}")
-  bad_shapes = sorted(set(args.shapes.split(",")) - set(SHAPES))
+  ops = {name: OPS[name] for name in OPS if name in names}
+  shapes = args.shapes.split(",")
+  bad_shapes = sorted(set(shapes) - set(SHAPES))
   if bad_shapes:
     parser.error(f"--shapes: unknown shape(s) {bad_shapes}; choose from: {', '.join(SHAPES)}")
   print(
@@ -189,7 +189,7 @@ def main(argv=None) -> None:
     f"load average {os.getloadavg()[0]:.2f}, rounds {args.rounds}, outputs {'full MixResult' if args.full else 'images + labels'}, "
     f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}\n"
   )
-  for shape_name in args.shapes.split(","):
+  for shape_name in shapes:
     shape = SHAPES[shape_name]
     ms = measure(shape, args.rounds, CALLS[shape_name], not args.no_timm, args.full, ops)
     print(_table(shape, ms), "\n", flush=True)
