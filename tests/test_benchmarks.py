@@ -53,7 +53,7 @@ def test_ops_benchmark_times_the_chosen_ops_beside_the_baselines(capsys):
   ops.main(["--rounds", "1", "--shapes", "small", "--no-timm", "--ops", "mixup"])
   out = capsys.readouterr().out
   cases = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and not line.startswith("| case")]
-  assert cases == ["bound: a + b", "bound: 0.3 a + 0.7 b", "bound: x[perm]", "floor: jitted call", "mixup"]
+  assert cases == ["bound: a + b", "bound: 0.3 a + 0.7 b", "bound: images + labels", "bound: x[perm]", "floor: jitted call", "mixup"]
   assert "mixup: jaxmix / runtime floor" in out and "cutmix:" not in out
 
 

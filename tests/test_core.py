@@ -58,6 +58,20 @@ def test_mix_labels_formula_and_exact_on_equal_rows():
   np.testing.assert_allclose(core.mix_labels(y, perm, 0.25), 0.25 * y + 0.75 * y[perm], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_paste_is_the_select_bit_for_bit_on_finite_pixels(dtype):
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.standard_normal((3, 5, 6, 2)) * 100, dtype) for _ in range(2))
+  inside = jnp.asarray(rng.random((3, 5, 6)) < 0.5)
+  out = jax.jit(core.paste)(inside, a, b)
+  assert out.dtype == dtype
+  as_bits = lambda x: np.asarray(jax.lax.bitcast_convert_type(x, jnp.uint16 if dtype == jnp.bfloat16 else jnp.uint32))  # noqa: E731
+  np.testing.assert_array_equal(as_bits(out), as_bits(jnp.where(inside[..., None], a, b)))
+  # A [H, W] mask broadcasts over the batch; -0.0 may come back as +0.0 (equal as numbers).
+  shared = core.paste(inside[0], -jnp.zeros_like(a), b)
+  np.testing.assert_array_equal(shared, jnp.where(inside[0][None, ..., None], 0.0, b))
+
+
 def test_validators():
   core.check_nonneg("alpha", 0.0)
   core.check_prob("prob", 1)

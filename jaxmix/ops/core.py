@@ -445,6 +445,23 @@ def apply_to_selected(fn, selected: Array, capacity: int, images: Array, *params
   return jax.lax.fori_loop(0, blocks, block, images)
 
 
+def paste(inside: Array, source: Array, target: Array) -> Array:
+  """``jnp.where(inside[..., None], source, target)`` on images, written as arithmetic.
+
+  ``m * source + (1 - m) * target`` with ``m`` the 0/1 mask ``inside`` (``[B, H, W]``,
+  or anything that broadcasts to it), in the images' dtype. For finite pixels this is the
+  select exactly: ``1 * a + 0 * b == a`` (only a ``-0.0`` pixel can come back as
+  ``+0.0``, which compares equal); an infinite or NaN pixel in the image not taken
+  makes a NaN. The select itself is the slow form on XLA:CPU: with a predicate that
+  varies over H and W and is broadcast over batch and channels it runs at 1.5-1.7x the
+  memory bound of a (128, 32, 32, 3) batch, this form at 1.0-1.1x
+  (``benchmarks/ops.py``); on an accelerator the two cost the same.
+  """
+  dtype = jnp.result_type(source, target)
+  m = jnp.asarray(inside, dtype)[..., None]
+  return m * source.astype(dtype) + (1 - m) * target.astype(dtype)
+
+
 def mix_labels(labels: Array, perm: Array, lam: Array) -> Array:
   """``lam * y + (1 - lam) * y[perm]`` with ``lam`` of shape ``[B]``, in float32.
 

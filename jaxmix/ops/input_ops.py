@@ -263,7 +263,7 @@ def cutmix(
   lam_adj = _kept_fraction((y2 - y1) * (x2 - x1), height, width)
   lam_adj = jnp.broadcast_to(lam_adj, (batch,))
   inside = jnp.broadcast_to(_box_mask(height, width, y1, y2, x1, x2), (batch, height, width))
-  mixed = jnp.where(inside[..., None], images[perm], images)
+  mixed = core.paste(inside, images[perm], images)
   own = (~inside).astype(jnp.float32)
   perm = _identity_where_unmixed(perm, lam_adj)
   result = MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=own)
@@ -346,7 +346,7 @@ def cutout(
   cx = words.randint(shape, 0, width)
   holes = _box_mask(height, width, *cutout_box(cy, cx, height, width, size, exact_size=shared))
   hole = jnp.broadcast_to(jnp.any(holes, axis=0), (batch, height, width))
-  out = jnp.where(hole[..., None], jnp.zeros((), images.dtype), images)
+  out = images * (~hole)[..., None].astype(images.dtype)  # the official ``img * mask`` (a select is slower on CPU, see core.paste)
   result = core.identity_result(out, labels)._replace(mask=(~hole).astype(jnp.float32))
   return _skip_unless(words, prob, result, images, labels)
 
@@ -452,7 +452,7 @@ def patch_augment(
   rows = jnp.clip(jnp.arange(height, dtype=jnp.int32)[None, :] - d0[:, None] + s0[:, None], 0, height - 1)
   cols = jnp.clip(jnp.arange(width, dtype=jnp.int32)[None, :] - d1[:, None] + s1[:, None], 0, width - 1)
   shifted = images[perm[:, None, None], rows[:, :, None], cols[:, None, :]]
-  mixed = jnp.where(inside[..., None], shifted, images)
+  mixed = core.paste(inside, shifted, images)
   lam_adj = _kept_fraction(ph * pw, height, width)
   perm = _identity_where_unmixed(perm, lam_adj)
   return MixResult(mixed, core.mix_labels(labels, perm, lam_adj), lam_adj, perm, mask=(~inside).astype(jnp.float32))

@@ -192,7 +192,7 @@ def mixup_cutmix(
   other = x[partner]
   weight = jnp.where(cut | ~mixed, 1.0, lam_s)[:, None, None, None]
   blended = weight * x + (1.0 - weight) * other
-  out = jnp.where(box[..., None], other, blended).astype(jnp.result_type(images))
+  out = core.paste(box, other, blended).astype(jnp.result_type(images))
   return MixResult(
     images=out,
     labels=core.mix_labels(labels, partner, lam_s),
