@@ -86,9 +86,9 @@ def train_steps(tiny: bool, steps: int, deadline: float) -> tuple[list, list]:
       continue
     times = {m: [] for m in built}
     for _ in range(steps):
-      for method, (run, _) in built.items():
-        times[method].append(run(0))
-    for method, (_, compile_s) in built.items():
+      for method, b in built.items():
+        times[method].append(b.run_one(0))
+    for method, b in built.items():
       ms = 1e3 * statistics.median(times[method])
       ratio = statistics.median(t / v for t, v in zip(times[method], times["vanilla"], strict=True))
       rows.append(
@@ -98,7 +98,7 @@ def train_steps(tiny: bool, steps: int, deadline: float) -> tuple[list, list]:
           "batch": batch,
           "dtype": dtype,
           "method": method,
-          "compile_s": round(compile_s, 2),
+          "compile_s": round(b.compile_s, 2),
           "ms": round(ms, 3),
           "img_per_s": round(batch / (ms / 1e3), 1),
           "ratio": round(ratio, 3),

@@ -15,7 +15,9 @@ For the small CPU model (``preactresnet_small``) on real CIFAR-10 batches, in on
 
 Medians over ``--steps`` calls; the steps of all methods are timed round by round and
 ``ratio`` is the median of the per-round ratios to vanilla. A persistent compilation
-cache is not used (``compile_s`` is a cold compile). Usage:
+cache is not used: ``compile_s`` is a cold trace + lower + compile of the step
+(``step.lower(...).compile()``), and ``first_step_s`` the run of its first call after
+it. Usage:
   python benchmarks/train_step.py --data_dir ~/data/cifar10 [--batch 128] [--steps 20] [--out FILE.json]
 """
 
@@ -28,6 +30,7 @@ import os
 import platform
 import statistics
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,12 +87,16 @@ def _time_op(method, batch, ds, steps):
   return 1e3 * statistics.median(times), where
 
 
-def build_step(model, method, batches, mesh, *, mean, std, jsd=False, num_classes=10):
-  """The compiled step of ``method`` on host ``batches`` (placed on ``mesh``): ``(run_one, compile_s)``.
+class Built(NamedTuple):
+  """A compiled step: ``run_one(i)`` runs and times step ``i`` on batch ``i`` modulo their number."""
 
-  ``compile_s`` is the first call (compile and run); ``run_one(i)`` runs and times step ``i``
-  on batch ``i`` modulo their number. Also used by ``benchmarks/gpu.py``.
-  """
+  run_one: Callable[[int], float]
+  compile_s: float  # trace + lower + XLA compile, cold
+  first_step_s: float  # the first run after it
+
+
+def build_step(model, method, batches, mesh, *, mean, std, jsd=False, num_classes=10) -> Built:
+  """The compiled step of ``method`` on host ``batches`` (placed on ``mesh``). Also used by ``benchmarks/gpu.py``."""
   hp = dict(jaxmix.METHODS[method].defaults)
   cfg = ts.StepConfig(method=method, hparams=tuple(sorted(hp.items())), num_classes=num_classes, mean=mean, std=std, jsd=jsd)
   step = ts.make_train_step(model, cfg, mesh)
@@ -101,17 +108,16 @@ def build_step(model, method, batches, mesh, *, mean, std, jsd=False, num_classe
   key = jax.random.key_data(jax.random.key(1))
   device_batches = [jax.device_put(b, sharding) for b in batches]
   t0 = time.perf_counter()
-  state[0], m = step(state[0], device_batches[0], key)
-  jax.block_until_ready(m)
+  compiled = step.lower(state[0], device_batches[0], key).compile()
   compile_s = time.perf_counter() - t0
 
   def run_one(i):
     t0 = time.perf_counter()
-    state[0], m = step(state[0], device_batches[i % len(device_batches)], key)
+    state[0], m = compiled(state[0], device_batches[i % len(device_batches)], key)
     jax.block_until_ready(m)
     return time.perf_counter() - t0
 
-  return run_one, compile_s
+  return Built(run_one, compile_s, run_one(0))
 
 
 def main():
@@ -136,8 +142,8 @@ def main():
   cpu = platform.processor() or platform.machine()
   print(f"# {time.strftime('%Y-%m-%d')} | {cpu} | {os.cpu_count()} cores | {jax.device_count()} device(s)")
   print(f"# preactresnet_small ({models.count_params(model):,} params, {args.dtype}), batch {args.batch}, median of {args.steps} steps\n")
-  print("| method | op acts on | op ms / batch | step compile s | ms / step | img/s | step / vanilla |")
-  print("|---|---|---:|---:|---:|---:|---:|")
+  print("| method | op acts on | op ms / batch | step compile s | first step s | ms / step | img/s | step / vanilla |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
   runs = [(m, m, False) for m in methods] + ([("ipmix + JSD", "ipmix", True)] if "ipmix" in methods else [])
   # Every step is compiled first; then the steps are timed round by round (each method once a
   # round, ``--steps`` rounds), so a change of load on a shared machine hits the method and its
@@ -150,7 +156,7 @@ def main():
   for i in range(1, args.steps + 1):
     # The order rotates every round, so no step always runs after the same one.
     for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
-      times[label].append(steps[label][0](i))
+      times[label].append(steps[label].run_one(i))
   rows = {}
   for label, method, _ in runs:
     op_ms, where = _time_op(method, batches[0], ds, args.steps)
@@ -159,13 +165,15 @@ def main():
     rows[label] = {
       "op_ms": op_ms,
       "op_input": where,
-      "compile_s": steps[label][1],
+      "compile_s": steps[label].compile_s,
+      "first_step_s": steps[label].first_step_s,
       "step_ms": 1e3 * step_s,
       "img_per_s": args.batch / step_s,
     }
     rows[label]["ratio"] = ratio
     print(
-      f"| {label} | {where} | {op_ms:.2f} | {steps[label][1]:.1f} | {1e3 * step_s:.1f} | {args.batch / step_s:.0f} | {ratio:.2f} |",
+      f"| {label} | {where} | {op_ms:.2f} | {steps[label].compile_s:.1f} | {steps[label].first_step_s:.2f} "
+      f"| {1e3 * step_s:.1f} | {args.batch / step_s:.0f} | {ratio:.2f} |",
       flush=True,
     )
 

@@ -208,15 +208,22 @@ def test_views_share_the_mixing_picture(monkeypatch):
   calls = []
 
   def spy(key, images, pictures, **kwargs):
-    calls.append((key, pictures))
-    return images
+    calls.append(pictures.shape)
+    return images + jax.random.uniform(key)  # a different shift per view key
 
   monkeypatch.setattr(ipmix_module, "ipmix_from_pictures", spy)
-  views = ipmix_module.ipmix_views(jax.random.key(0), X, mixing_set=MIXING_SET)
+  views = np.asarray(ipmix_module.ipmix_views(jax.random.key(0), X, mixing_set=MIXING_SET))
   assert views.shape == (2, B, H, W, C)
-  assert len(calls) == 2
-  np.testing.assert_array_equal(np.asarray(calls[0][1]), np.asarray(calls[1][1]))
-  assert not np.array_equal(np.asarray(jax.random.key_data(calls[0][0])), np.asarray(jax.random.key_data(calls[1][0])))
+  assert calls == [(B, H, W, C)]  # traced once, with one set of pictures for every view
+  assert not np.allclose(views[0], views[1])  # each view has its own key
+
+
+def test_views_are_the_per_key_draws_of_ipmix_from_pictures():
+  key_pictures, key_views = jax.random.split(jax.random.key(5))
+  pictures = ipmix_module.mixing_pictures(key_pictures, MIXING_SET, B, H, W, C)
+  expect = [ipmix_module.ipmix_from_pictures(k, X, pictures) for k in jax.random.split(key_views, 3)]
+  views = ipmix_module.ipmix_views(jax.random.key(5), X, n_views=3, mixing_set=MIXING_SET)
+  np.testing.assert_allclose(np.asarray(views), np.stack(expect), atol=1e-6)
 
 
 def test_views_are_independent_draws():

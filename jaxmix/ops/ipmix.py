@@ -494,13 +494,14 @@ def ipmix_views(
   _check_hparams(k, depth, beta, severity, patch_sizes, height, width, overflow)
   key_pictures, key_views = jax.random.split(key)
   pictures = mixing_pictures(key_pictures, mixing_set, batch, height, width, channels, mixing_index=mixing_index)
-  views = [
-    ipmix_from_pictures(
+  # One traced view mapped over the view keys: the views draw what a Python loop over
+  # the keys would, and a train step compiles IPMix's chains once instead of n_views times.
+  return jax.lax.map(
+    lambda view_key: ipmix_from_pictures(
       view_key, images, pictures, k=k, depth=depth, beta=beta, severity=severity, patch_sizes=patch_sizes, overflow=overflow
-    )
-    for view_key in jax.random.split(key_views, n_views)
-  ]
-  return jnp.stack(views)
+    ),
+    jax.random.split(key_views, n_views),
+  )
 
 
 def jsd_loss(logits_clean: Array, logits_views: Sequence[Array], labels: Array, *, weight: float = 12.0) -> Array:
