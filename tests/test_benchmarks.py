@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -55,6 +56,13 @@ def test_ops_benchmark_times_the_chosen_ops_beside_the_baselines(capsys):
   cases = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and not line.startswith("| case")]
   assert cases == ["bound: a + b", "bound: 0.3 a + 0.7 b", "bound: images + labels", "bound: x[perm]", "floor: jitted call", "mixup"]
   assert "mixup: jaxmix / runtime floor" in out and "cutmix:" not in out
+
+
+def test_ops_benchmark_cycles_through_more_batches_than_a_cache_holds():
+  ops = _load_benchmark("ops")
+  for shape in ops.SHAPES.values():
+    n = ops._batches(shape)
+    assert n >= 2 and n * 4 * np.prod(shape) >= ops.MIN_BYTES >= 32 << 20
 
 
 def test_ops_benchmark_names_an_unknown_op_or_shape(capsys):

@@ -455,7 +455,7 @@ def paste(inside: Array, source: Array, target: Array) -> Array:
   makes a NaN. The select itself is the slow form on XLA:CPU: with a predicate that
   varies over H and W and is broadcast over batch and channels it runs at 1.5-1.7x the
   memory bound of a (128, 32, 32, 3) batch, this form at 1.0-1.1x
-  (``benchmarks/ops.py``); on an accelerator the two cost the same.
+  (``benchmarks/ops.py``).
   """
   dtype = jnp.result_type(source, target)
   m = jnp.asarray(inside, dtype)[..., None]
