@@ -42,7 +42,7 @@ from jaxmix.training import models
 from jaxmix.training import step as ts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ops import load_timm_mixup  # noqa: E402  (the sibling benchmarks, not installed modules)
+from ops import fresh_batches, load_timm_mixup  # noqa: E402  (the sibling benchmarks, not installed modules)
 from train_step import build_step  # noqa: E402
 
 NUM_CLASSES = 10
@@ -121,27 +121,34 @@ def _median_ms(fn, calls: int, sync=lambda: None) -> float:
 
 
 def input_ops(tiny: bool, calls: int) -> list:
-  """Rows of the input-op table: jaxmix (jitted, on the JAX device) and timm batch mode (on torch's)."""
+  """Rows of the input-op table: jaxmix (jitted, on the JAX device) and timm batch mode (on torch's).
+
+  As ``benchmarks/ops.py``, every call reads a fresh batch: both cycle through
+  ``fresh_batches(shape)`` distinct batches (or one per call, if fewer), more than the
+  device's cache holds.
+  """
   torch, timm_mixup = load_timm_mixup()
   shapes = [(8, 32, 32, 3)] if tiny else [(128, 32, 32, 3), (64, 224, 224, 3)]
   rows = []
   for shape in shapes:
     rng = np.random.default_rng(0)
-    x = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+    host = [rng.standard_normal(shape, dtype=np.float32) for _ in range(min(fresh_batches(shape), calls + 1))]
+    xs = [jax.device_put(x) for x in host]
     y = jaxmix.one_hot(jnp.asarray(rng.integers(0, NUM_CLASSES, shape[0])), NUM_CLASSES)
     for op in ("mixup", "cutmix"):
       fn = jax.jit(lambda k, x, y, op=op: (lambda r: (r.images, r.labels))(getattr(jaxmix, op)(k, x, y, alpha=1.0)))
-      keys = iter([jax.random.key(i) for i in range(calls + 1)])
-      ms = _median_ms(lambda fn=fn, keys=keys, x=x, y=y: jax.block_until_ready(fn(next(keys), x, y)), calls)
+      args = iter([(jax.random.key(i), xs[i % len(xs)]) for i in range(calls + 1)])
+      ms = _median_ms(lambda fn=fn, args=args, y=y: jax.block_until_ready(fn(*next(args), y)), calls)
       row = {"shape": list(shape), "op": op, "jaxmix_ms": round(ms, 4), "timm_batch_ms": None, "ratio": None, "timm_device": None}
       if torch is not None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+        xts = [torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device) for x in host]
         yt = torch.from_numpy(rng.integers(0, NUM_CLASSES, shape[0])).to(device)
         kw = {"mixup_alpha": 1.0, "cutmix_alpha": 0.0} if op == "mixup" else {"mixup_alpha": 0.0, "cutmix_alpha": 1.0}
         mixer = timm_mixup.Mixup(**kw, mode="batch", label_smoothing=0.0, num_classes=NUM_CLASSES)
-        timm_ms = _median_ms(lambda mixer=mixer, xt=xt, yt=yt: mixer(xt, yt), calls, sync)
+        batches = iter([xts[i % len(xts)] for i in range(calls + 1)])
+        timm_ms = _median_ms(lambda mixer=mixer, batches=batches, yt=yt: mixer(next(batches), yt), calls, sync)
         row.update(timm_batch_ms=round(timm_ms, 4), ratio=round(ms / timm_ms, 3), timm_device=device)
       rows.append(row)
   return rows

@@ -60,14 +60,17 @@ OPS = {
 }
 
 
-def _batches(shape) -> int:
-  """How many distinct batches of ``shape`` (float32) to cycle through: 64 MB or more, at least 2."""
+def fresh_batches(shape) -> int:
+  """How many distinct batches of ``shape`` (float32) to cycle through: 64 MB or more, at least 2.
+
+  Also used by ``benchmarks/gpu.py`` (64 MB is more than the 50 MB L2 of an H100 or H200).
+  """
   return max(2, -(-MIN_BYTES // (4 * int(np.prod(shape)))))
 
 
 def _jax_cases(shape, full: bool, ops: dict):
   batch = shape[0]
-  n = _batches(shape)
+  n = fresh_batches(shape)
   rng = np.random.default_rng(0)
   images = [jax.device_put(rng.standard_normal(shape, dtype=np.float32)) for _ in range(n)]
   labels = [jaxmix.one_hot(jnp.asarray(rng.integers(0, NUM_CLASSES, batch)), NUM_CLASSES) for _ in range(n)]
@@ -120,7 +123,7 @@ def _timm_cases(shape, ops: dict):
   np.random.seed(0)  # noqa: NPY002 (timm draws from numpy's global RNG)
   batch, height, width, channels = shape
   data = np.random.default_rng(0)
-  xs = [torch.from_numpy(data.standard_normal((batch, channels, height, width), dtype=np.float32)) for _ in range(_batches(shape))]
+  xs = [torch.from_numpy(data.standard_normal((batch, channels, height, width), dtype=np.float32)) for _ in range(fresh_batches(shape))]
   target = torch.from_numpy(np.random.default_rng(1).integers(0, NUM_CLASSES, batch))
   cases = {}
   for mode in ("batch", "elem"):

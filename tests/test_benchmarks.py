@@ -61,7 +61,7 @@ def test_ops_benchmark_times_the_chosen_ops_beside_the_baselines(capsys):
 def test_ops_benchmark_cycles_through_more_batches_than_a_cache_holds():
   ops = _load_benchmark("ops")
   for shape in ops.SHAPES.values():
-    n = ops._batches(shape)
+    n = ops.fresh_batches(shape)
     assert n >= 2 and n * 4 * np.prod(shape) >= ops.MIN_BYTES >= 32 << 20
 
 
