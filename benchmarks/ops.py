@@ -3,10 +3,11 @@
 Each op is jitted once; a call is timed from dispatch to ``block_until_ready`` of its
 outputs (``images`` and ``labels``, what a train step consumes; ``--full`` returns the
 whole ``MixResult``, masks included). Every call reads a fresh batch, as a training loop
-does: the cases cycle through enough distinct batches (64 MB or more) that a batch is
-no longer in the CPU's caches when it comes round again. Calls are interleaved (call i
-of every case, then call i + 1), so load from other processes on a shared machine hits
-all cases alike; the table gives the median over all calls.
+does: call t (of any case) reads batch t mod n of n distinct batches (64 MB or more),
+so no call finds its batch in the CPU's caches, not even when the previous call was
+another case's. Calls are interleaved (one call of every case in turn), so load from
+other processes on a shared machine hits all cases alike; the table gives the median
+over all calls.
 
 Baselines measured in the same run:
 
@@ -73,17 +74,18 @@ def _jax_cases(shape, full: bool, ops: dict):
   n = fresh_batches(shape)
   rng = np.random.default_rng(0)
   images = [jax.device_put(rng.standard_normal(shape, dtype=np.float32)) for _ in range(n)]
+  others = [jax.device_put(rng.standard_normal(shape, dtype=np.float32)) for _ in range(n)]  # the bounds' second batch
   labels = [jaxmix.one_hot(jnp.asarray(rng.integers(0, NUM_CLASSES, batch)), NUM_CLASSES) for _ in range(n)]
   perm = jax.device_put(rng.permutation(batch).astype(np.int32))
   keys = [jax.random.key(i) for i in range(16)]
-  pair = lambda i: (images[i % n], images[(i + 1) % n])  # noqa: E731
+  pair = lambda i: (images[i % n], others[i % n])  # noqa: E731
 
   cases = {
     "bound: a + b": (jax.jit(lambda a, b: a + b), pair),
     "bound: 0.3 a + 0.7 b": (jax.jit(lambda a, b: 0.3 * a + 0.7 * b), pair),
     "bound: images + labels": (
       jax.jit(lambda a, b, y, z: (0.3 * a + 0.7 * b, 0.3 * y + 0.7 * z)),
-      lambda i: (*pair(i), labels[i % n], labels[(i + 1) % n]),
+      lambda i: (*pair(i), labels[i % n], labels[(i + 1) % n]),  # labels: 5 KB, cache-resident either way
     ),
     "bound: x[perm]": (jax.jit(lambda a, p: a[p]), lambda i: (images[i % n], perm)),
     # The runtime's floor for an op called on its own: one jitted call with the op's
@@ -154,10 +156,15 @@ def measure(shape, rounds: int, calls: int, use_timm: bool, full: bool, ops: dic
   for fn, make_args in cases.values():  # compile and warm up
     for i in range(3):
       _run_once(fn, make_args, i)
-  for r in range(rounds):
-    for c in range(calls):
+  # Call t (counting every call of every case) reads batch t mod n: consecutive calls,
+  # of one case or of the next, read different batches, and a batch comes round again
+  # only after n calls, when 64 MB or more have been read since.
+  t = 0
+  for _ in range(rounds):
+    for _ in range(calls):
       for name, (fn, make_args) in cases.items():
-        times[name].append(_run_once(fn, make_args, r * calls + c))
+        times[name].append(_run_once(fn, make_args, t))
+        t += 1
   return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 

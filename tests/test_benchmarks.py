@@ -65,6 +65,20 @@ def test_ops_benchmark_cycles_through_more_batches_than_a_cache_holds():
     assert n >= 2 and n * 4 * np.prod(shape) >= ops.MIN_BYTES >= 32 << 20
 
 
+def test_ops_benchmark_gives_every_call_the_next_batch(monkeypatch):
+  ops = _load_benchmark("ops")
+  seen = []
+
+  def fake_run(fn, make_args, i):
+    seen.append(id(next(a for a in make_args(i) if getattr(a, "ndim", 0) == 4)))  # the images the call reads first
+    return 1e-3
+
+  monkeypatch.setattr(ops, "_run_once", fake_run)
+  ops.measure(ops.SHAPES["small"], rounds=1, calls=2, use_timm=False, full=False, ops={"mixup": ops.OPS["mixup"]})
+  timed = seen[3 * 6 :]  # after three warm-up calls of each of the 6 cases
+  assert len(timed) == 12 and all(a != b for a, b in zip(timed[:-1], timed[1:], strict=True))  # consecutive calls: other batches
+
+
 def test_ops_benchmark_names_an_unknown_op_or_shape(capsys):
   ops = _load_benchmark("ops")
   for argv, name in ((["--ops", "mixup,mixpu"], "--ops"), (["--shapes", "tiny"], "--shapes")):
