@@ -346,8 +346,9 @@ def cutout(
   cx = words.randint(shape, 0, width)
   holes = _box_mask(height, width, *cutout_box(cy, cx, height, width, size, exact_size=shared))
   hole = jnp.broadcast_to(jnp.any(holes, axis=0), (batch, height, width))
-  out = images * (~hole)[..., None].astype(images.dtype)  # the official ``img * mask`` (a select is slower on CPU, see core.paste)
-  result = core.identity_result(out, labels)._replace(mask=(~hole).astype(jnp.float32))
+  keep = ~hole
+  out = images * keep[..., None].astype(images.dtype)  # the official ``img * mask`` (a select is slower on CPU, see core.paste)
+  result = core.identity_result(out, labels)._replace(mask=keep.astype(jnp.float32))
   return _skip_unless(words, prob, result, images, labels)
 
 
